@@ -1,0 +1,84 @@
+"""Service settings: one pydantic-settings class read from ``GLIMPSE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.checkpoint import DEFAULT_MODEL_DIR
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune; the README's "Configuration" table lists the same fields."""
+
+    model_config = SettingsConfigDict(env_prefix="GLIMPSE_", case_sensitive=False, extra="ignore")
+
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory with card.json and model.safetensors.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when available.")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most images in one forward pass.")
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="Longest wait for more images once the first one is queued."
+    )
+    max_queue_size: int = Field(
+        1024, ge=1, description="Images waiting for the model; past it requests get 503 at once."
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="Per-request deadline; past it the answer is 504."
+    )
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body (413 past it).")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=256, description="Largest declared width×height, checked before decoding (413)."
+    )
+    min_image_size: int | None = Field(
+        None, ge=1, description="Smallest accepted width/height; default: the card's preprocessing.min_size."
+    )
+    max_images_per_request: int = Field(32, ge=1, description="Most images in one request (413 past it).")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated keys; empty means no authentication."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty disables CORS."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads for the model; 0 means one per core.")
+    decode_threads: int = Field(0, ge=0, description="Threads decoding and encoding images; 0 means cores.")
+    amp_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Autocast dtype on CUDA (float32 disables AMP); ignored on CPU."
+    )
+    channels_last: bool = Field(True, description="Run the convolutions in channels-last memory format.")
+    warmup_image_size: int = Field(
+        60, ge=1, description="Side of the images used to warm up each batch shape."
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.max_images_per_request > self.max_queue_size:
+            raise ValueError("max_images_per_request must not exceed max_queue_size")
+        return self
+
+    @property
+    def cpu_count(self) -> int:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once; tests pass their own ``Settings`` to ``create_app``."""
+    return Settings()

@@ -1,0 +1,346 @@
+"""The dynamic batcher: concurrent requests' images share one forward pass.
+
+Requests put images on a bounded queue and await futures. One asyncio task forms batches: it takes up
+to ``max_batch_size`` images, waiting at most ``max_batch_delay_ms`` after the first one — and only
+while other requests are still decoding images that are about to arrive, so a lone request is never
+held back. The forward pass runs in ONE dedicated inference thread (torch's intra-op pool gives it
+every core), under ``torch.inference_mode``; while it runs, the event loop keeps accepting and
+decoding, and the next batch is already queued when the thread comes back.
+
+Images of different sizes are zero-padded to the batch's largest height and width with their valid
+sizes passed to the model, which masks the padding: the batched answer equals the single-image answer.
+Sizes too different to pad cheaply go to separate forward passes (:func:`plan_groups`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
+from app.metrics import Metrics
+from models.attention_net import AttentionNet, AttentionOutput
+
+logger = logging.getLogger("glimpse.engine")
+
+MapKind = Literal["evidence", "attention"]
+PAD_WASTE_LIMIT = 2.0  # pad images together only while padded pixels stay within 2× their real pixels
+
+
+@dataclass(slots=True, frozen=True)
+class MapRequest:
+    """Which map to return with a prediction: ``target`` is a class index, None for the top class."""
+
+    kind: MapKind
+    target: int | None = None
+
+
+@dataclass(slots=True)
+class Prediction:
+    """The model's answer for one image.
+
+    Attributes:
+        indices: Class indices of the top-k scores, best first.
+        scores: Their softmax probabilities.
+        target: The class the map explains (None when no map was asked for).
+        grid: The requested map over the valid feature grid, (h, w) float32 on the CPU.
+    """
+
+    indices: list[int]
+    scores: list[float]
+    target: int | None = None
+    grid: Tensor | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    tensor: Tensor
+    top_k: int
+    map_request: MapRequest | None
+    deadline: float
+    future: asyncio.Future[Prediction]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch_size: int = 32
+    max_batch_delay_ms: float = 2.0
+    max_queue_size: int = 1024
+    max_batch_pixels: int = 4096 * 4096  # padded pixels per forward pass; one larger image runs alone
+    amp_dtype: torch.dtype | None = None  # autocast dtype on CUDA; None runs float32
+    channels_last: bool = True
+
+
+def plan_groups(sizes: list[tuple[int, int]], max_batch_pixels: int) -> list[list[int]]:
+    """Split a batch into groups that are cheap to pad together, returning indices into ``sizes``.
+
+    Greedy over images sorted by area, largest first: an image joins the open group while the group's
+    padded pixel count stays within :data:`PAD_WASTE_LIMIT` × its real pixels and ``max_batch_pixels``.
+    Images of one size always share a group (up to the pixel budget).
+    """
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i][0] * sizes[i][1], reverse=True)
+    groups: list[list[int]] = []
+    height = width = real = 0
+    for index in order:
+        h, w = sizes[index]
+        new_height, new_width = max(height, h), max(width, w)
+        count = len(groups[-1]) + 1 if groups else 1
+        padded = new_height * new_width * count
+        if groups and padded <= PAD_WASTE_LIMIT * (real + h * w) and padded <= max_batch_pixels:
+            groups[-1].append(index)
+            height, width, real = new_height, new_width, real + h * w
+        else:
+            groups.append([index])
+            height, width, real = h, w, h * w
+    return groups
+
+
+class InferenceEngine:
+    """Owns the model, the queue, the batching task and the inference thread."""
+
+    def __init__(
+        self, model: AttentionNet, device: torch.device, config: EngineConfig, metrics: Metrics
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.config = config
+        self.metrics = metrics
+        self._queue: deque[_Job] = deque()
+        self._wakeup = asyncio.Event()  # set when images arrive
+        self._idle = asyncio.Event()  # set while the queue is empty and no batch runs
+        self._idle.set()
+        self._incoming = 0  # images being decoded by requests that will submit them soon
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glimpse-inference")
+        if config.channels_last:
+            # Module.to accepts memory_format at run time; torch's stubs omit it.
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._batch_loop(), name="glimpse-batcher")
+
+    async def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Refuse new work, let queued images finish (bounded), then stop the task and the thread."""
+        self._closing = True
+        with suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout_s):
+                await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        for job in self._queue:
+            if not job.future.done():
+                job.future.set_exception(ModelNotReady("the service is shutting down"))
+        self._queue.clear()
+        self._executor.shutdown(wait=True)
+
+    async def warm_up(self, channels: int, image_size: int, max_batch_size: int) -> None:
+        """Run each power-of-two batch shape once (oneDNN/cuDNN kernels, allocator) on the model thread."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._warm_up, channels, image_size, max_batch_size)
+
+    def _warm_up(self, channels: int, image_size: int, max_batch_size: int) -> None:
+        batch_size = 1
+        while True:
+            tensors = [torch.zeros(channels, image_size, image_size)] * batch_size
+            self._forward(tensors, [1] * batch_size, [None] * batch_size)
+            if batch_size >= max_batch_size:
+                break
+            batch_size = min(batch_size * 2, max_batch_size)
+        sizes = [(image_size, image_size), (image_size + 3, image_size + 5)]  # the padded path too
+        self._forward([torch.zeros(channels, h, w) for h, w in sizes], [1, 1], [None, None])
+
+    # -- submission --------------------------------------------------------------------------------
+    @contextmanager
+    def expecting(self, count: int) -> Iterator[None]:
+        """Tell the batcher that ``count`` images are being decoded and will be submitted shortly."""
+        self._incoming += count
+        try:
+            yield
+        finally:
+            self._incoming -= count
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def predict(
+        self, tensors: list[Tensor], top_k: int, map_request: MapRequest | None, deadline: float
+    ) -> list[Prediction]:
+        """Queue images (all or none) and wait for their predictions.
+
+        Raises:
+            ModelNotReady: The engine is shutting down.
+            Overloaded: The queue has no room for all the images.
+            DeadlineExceeded: ``deadline`` (a ``time.perf_counter`` value) passed while queued.
+        """
+        if self._closing:
+            raise ModelNotReady("the service is shutting down", headers={"Retry-After": "1"})
+        if len(self._queue) + len(tensors) > self.config.max_queue_size:
+            raise Overloaded("the inference queue is full; retry shortly", headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(t, top_k, map_request, deadline, loop.create_future()) for t in tensors]
+        self._queue.extend(jobs)
+        self._idle.clear()
+        self.metrics.queue_depth.set(len(self._queue))
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(job.future for job in jobs)))
+        finally:
+            for job in jobs:  # a caller that gave up (timeout, disconnect) frees its queue slots
+                job.future.cancel()
+
+    # -- batching ----------------------------------------------------------------------------------
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            flush_at = self._queue[0].enqueued_at + self.config.max_batch_delay_ms / 1000
+            while len(self._queue) < self.config.max_batch_size and self._incoming > 0:
+                remaining = flush_at - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    break
+            jobs = self._take_batch()
+            if not jobs:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_jobs, jobs)
+            except Exception as exc:
+                logger.exception("forward pass failed for a batch of %d", len(jobs))
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            for job, result in zip(jobs, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    def _take_batch(self) -> list[_Job]:
+        now = time.perf_counter()
+        jobs: list[_Job] = []
+        while self._queue and len(jobs) < self.config.max_batch_size:
+            job = self._queue.popleft()
+            if job.future.done():
+                continue
+            if job.deadline <= now:
+                job.future.set_exception(
+                    DeadlineExceeded("the request's deadline passed while it was queued")
+                )
+                continue
+            self.metrics.queue_wait_seconds.observe(now - job.enqueued_at)
+            jobs.append(job)
+        self.metrics.queue_depth.set(len(self._queue))
+        return jobs
+
+    # -- the inference thread ----------------------------------------------------------------------
+    def _run_jobs(self, jobs: list[_Job]) -> list[Prediction]:
+        started = time.perf_counter()
+        sizes = [(int(job.tensor.shape[-2]), int(job.tensor.shape[-1])) for job in jobs]
+        results: list[Prediction | None] = [None] * len(jobs)
+        for group in plan_groups(sizes, self.config.max_batch_pixels):
+            members = [jobs[i] for i in group]
+            predictions = self._forward(
+                [job.tensor for job in members],
+                [job.top_k for job in members],
+                [job.map_request for job in members],
+            )
+            for index, prediction in zip(group, predictions, strict=True):
+                results[index] = prediction
+        self.metrics.batch_size.observe(len(jobs))
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        assert all(result is not None for result in results)
+        return [result for result in results if result is not None]
+
+    @torch.inference_mode()
+    def _forward(
+        self, tensors: list[Tensor], top_ks: list[int], map_requests: list[MapRequest | None]
+    ) -> list[Prediction]:
+        """One forward pass over images of possibly different sizes; runs in the inference thread."""
+        x, input_size = self._collate(tensors)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.config.amp_dtype)
+            if self.device.type == "cuda" and self.config.amp_dtype is not None
+            else nullcontext()
+        )
+        with autocast:
+            output = self.model(x, input_size)
+        probabilities = torch.softmax(output.logits.float(), dim=1)
+        scores, indices = probabilities.topk(max(top_ks), dim=1)
+        scores_list, indices_list = scores.cpu().tolist(), indices.cpu().tolist()
+        predictions = [
+            Prediction(index_row[:k], score_row[:k])
+            for index_row, score_row, k in zip(indices_list, scores_list, top_ks, strict=True)
+        ]
+        if any(request is not None for request in map_requests):
+            self._attach_maps(output, indices[:, 0], map_requests, predictions)
+        return predictions
+
+    def _collate(self, tensors: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Stack (or zero-pad) images into one batch on the device; valid sizes when padded."""
+        pin = self.device.type == "cuda"
+        channels = tensors[0].shape[0]
+        height = max(t.shape[-2] for t in tensors)
+        width = max(t.shape[-1] for t in tensors)
+        uniform = all(t.shape[-2] == height and t.shape[-1] == width for t in tensors)
+        batch = torch.zeros(len(tensors), channels, height, width, pin_memory=pin)
+        for i, tensor in enumerate(tensors):
+            batch[i, :, : tensor.shape[-2], : tensor.shape[-1]] = tensor
+        input_size = None
+        if not uniform:
+            input_size = torch.tensor([[t.shape[-2], t.shape[-1]] for t in tensors], dtype=torch.long)
+            input_size = input_size.to(self.device, non_blocking=pin)
+        batch = batch.to(self.device, non_blocking=pin)
+        if self.config.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, input_size
+
+    @staticmethod
+    def _attach_maps(
+        output: AttentionOutput,
+        top_class: Tensor,
+        map_requests: list[MapRequest | None],
+        predictions: list[Prediction],
+    ) -> None:
+        """Cut each requested map (evidence for its target, or raw attention) to its valid grid."""
+        targets = torch.tensor(
+            [
+                request.target if request is not None and request.target is not None else int(top_class[i])
+                for i, request in enumerate(map_requests)
+            ],
+            device=top_class.device,
+        )
+        kinds = {request.kind for request in map_requests if request is not None}
+        evidence = output.evidence(targets).float().cpu() if "evidence" in kinds else None
+        attention = output.attention.float().cpu() if "attention" in kinds else None
+        valid = output.valid_size.cpu().tolist()
+        for i, request in enumerate(map_requests):
+            if request is None:
+                continue
+            maps = evidence if request.kind == "evidence" else attention
+            assert maps is not None
+            grid_height, grid_width = valid[i]
+            predictions[i].target = int(targets[i])
+            predictions[i].grid = maps[i, :grid_height, :grid_width].clone()

@@ -1,0 +1,111 @@
+"""Image I/O for the service: safe decoding into model input, PNG encoding of heatmaps and overlays.
+
+Decoding is defensive: the declared size is checked against the pixel limit *before* any pixel is
+decoded (Pillow's ``open`` reads only the header), so a small file that declares a huge image never
+allocates it. All functions here are synchronous and meant for a worker thread: Pillow releases the
+GIL while it decodes and encodes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from app.colormaps import COLORMAPS
+from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
+from models.checkpoint import Preprocessing
+from models.preprocessing import to_8bit, to_model_input
+
+Colormap = Literal["turbo", "viridis"]
+OVERLAY_ALPHA = 0.5  # weight of the colormap over the input image
+
+
+@dataclass(slots=True)
+class DecodedImage:
+    """One request image, ready for the model.
+
+    Attributes:
+        tensor: Normalised model input, (C, H, W).
+        width: Width of the input in pixels, after EXIF orientation.
+        height: Height of the input in pixels, after EXIF orientation.
+        rgb: The input as (H, W, 3) uint8, kept only when an overlay was asked for.
+    """
+
+    tensor: Tensor
+    width: int
+    height: int
+    rgb: NDArray[np.uint8] | None = None
+
+
+def decode_image(
+    data: bytes, spec: Preprocessing, max_pixels: int, min_size: int, keep_rgb: bool = False
+) -> DecodedImage:
+    """Decode any image Pillow reads safely and convert it as the model card says.
+
+    The first frame of an animated GIF or the first page of a TIFF is used; EXIF orientation is applied.
+
+    Raises:
+        UnsupportedImage: Pillow does not recognise the format.
+        ImageTooLarge: The declared width×height exceeds ``max_pixels``.
+        ImageTooSmall: Width or height is below ``min_size``.
+        InvalidImage: The file is recognised but truncated or corrupt.
+    """
+    if not data:
+        raise InvalidImage("the image is empty")
+    try:
+        image: Image.Image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImage(
+            "the image format is not recognised; send PNG, JPEG, WebP, BMP, GIF or TIFF"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image declares too many pixels (limit {max_pixels})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"the image could not be read: {exc}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}×{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    if min(width, height) < min_size:
+        raise ImageTooSmall(f"the image is {width}×{height}; both sides must be at least {min_size} pixels")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        tensor = to_model_input(image, spec)
+        rgb = np.asarray(to_8bit(image).convert("RGB"), dtype=np.uint8) if keep_rgb else None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"the image could not be decoded: {exc}") from exc
+    height, width = tensor.shape[-2:]
+    return DecodedImage(tensor, int(width), int(height), rgb)
+
+
+def heatmap_to_uint8(heatmap: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """Scale a non-negative map so its maximum is 255; an all-zero map stays zero."""
+    peak = float(heatmap.max()) if heatmap.size else 0.0
+    if not np.isfinite(peak) or peak <= 0.0:
+        return np.zeros(heatmap.shape, dtype=np.uint8)
+    scaled: NDArray[np.uint8] = np.rint(np.clip(heatmap, 0.0, None) * (255.0 / peak)).astype(np.uint8)
+    return scaled
+
+
+def encode_png(array: NDArray[np.uint8]) -> bytes:
+    """PNG bytes of an (H, W) grayscale or (H, W, 3) RGB uint8 array."""
+    mode = "L" if array.ndim == 2 else "RGB"
+    buffer = io.BytesIO()
+    # Level 1 is several times faster than the default and only slightly larger for smooth maps.
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def overlay(rgb: NDArray[np.uint8], heat: NDArray[np.uint8], colormap: Colormap) -> NDArray[np.uint8]:
+    """Blend the colormapped heatmap over the RGB input at :data:`OVERLAY_ALPHA`."""
+    colored = COLORMAPS[colormap][heat].astype(np.float32)
+    blended = rgb.astype(np.float32) * (1.0 - OVERLAY_ALPHA) + colored * OVERLAY_ALPHA
+    return np.rint(blended).astype(np.uint8)

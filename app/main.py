@@ -1,0 +1,136 @@
+"""The Glimpse service: ``create_app()`` wires settings, routers and error handlers; ``lifespan`` loads
+and warms the model before the app reports ready.
+
+Run it with ``uvicorn app.main:app``; every setting comes from ``GLIMPSE_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.config import Settings, get_settings
+from app.engine import EngineConfig, InferenceEngine
+from app.errors import install_error_handlers
+from app.metrics import Metrics, MetricsMiddleware
+from app.predictor import Limits, Predictor
+from app.routes import attention, health, metrics, models, predict
+from models.checkpoint import load_model
+
+logger = logging.getLogger("glimpse")
+
+DESCRIPTION = """
+Image classification with a visual-attention network: class probabilities from `POST /predict`, and
+from `POST /attention-map` a heatmap of the evidence behind a class — from the same forward pass.
+Concurrent requests are batched dynamically. Errors always have the shape
+`{"error": {"code": "...", "message": "..."}}`.
+"""
+
+_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("GLIMPSE_DEVICE=cuda but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def configure_torch(settings: Settings, device: torch.device) -> None:
+    torch.set_num_threads(settings.torch_threads or settings.cpu_count)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # shapes repeat: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the artifact (hash-verified), choose the device, fuse BN, warm up; then mark ready."""
+    settings: Settings = app.state.settings
+    logger.setLevel(settings.log_level.upper())
+    started = time.perf_counter()
+    device = choose_device(settings.device)
+    configure_torch(settings, device)
+    model, card = await asyncio.to_thread(load_model, settings.model_dir, device)
+    model.fuse_for_inference()
+    engine_config = EngineConfig(
+        max_batch_size=settings.max_batch_size,
+        max_batch_delay_ms=settings.max_batch_delay_ms,
+        max_queue_size=settings.max_queue_size,
+        max_batch_pixels=settings.max_image_pixels,
+        amp_dtype=_AMP_DTYPES[settings.amp_dtype],
+        channels_last=settings.channels_last,
+    )
+    engine = InferenceEngine(model, device, engine_config, app.state.metrics)
+    warm_size = max(settings.warmup_image_size, card.preprocessing.min_size)
+    await engine.warm_up(card.config.in_channels, warm_size, settings.max_batch_size)
+    engine.start()
+    pool = ThreadPoolExecutor(
+        settings.decode_threads or settings.cpu_count, thread_name_prefix="glimpse-decode"
+    )
+    limits = Limits(
+        max_image_pixels=settings.max_image_pixels,
+        min_image_size=settings.min_image_size or card.preprocessing.min_size,
+        request_timeout_s=settings.request_timeout_s,
+    )
+    app.state.predictor = Predictor(engine, card, limits, pool)
+    app.state.ready = True
+    logger.info(
+        "ready in %.2f s: %s %s on %s, batch ≤ %d, delay ≤ %.1f ms",
+        time.perf_counter() - started, card.name, card.version, device,
+        settings.max_batch_size, settings.max_batch_delay_ms,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        await engine.stop()
+        pool.shutdown(wait=True)
+        app.state.predictor = None
+        logger.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; nothing heavy happens until the lifespan starts."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Glimpse",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "inference", "description": "Predictions and attention maps."},
+            {"name": "models", "description": "The served model."},
+            {"name": "health", "description": "Probes for orchestrators."},
+            {"name": "metrics", "description": "Prometheus metrics."},
+        ],
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.predictor = None
+    app.state.ready = False
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for module in (predict, attention, models, health, metrics):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

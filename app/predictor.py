@@ -1,0 +1,178 @@
+"""The predictor: decode in the thread pool, infer through the batching engine, render the answers.
+
+It turns image bytes into the response dicts of ``/predict`` and ``/attention-map`` (shaped like the
+``…Public`` schemas). Everything CPU-heavy (decoding, map upsampling, PNG encoding) runs in the decode
+pool; the forward pass runs in the engine's inference thread; the event loop only coordinates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import torch
+
+from app.engine import InferenceEngine, MapKind, MapRequest, Prediction
+from app.errors import DeadlineExceeded, InvalidParameter
+from app.imaging import Colormap, DecodedImage, decode_image, encode_png, heatmap_to_uint8, overlay
+from models.attention_net import upsample_to_input
+from models.checkpoint import ModelCard
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class MapOptions:
+    """What ``/attention-map`` should draw."""
+
+    kind: MapKind
+    target: int | None
+    colormap: Colormap | None  # None: no overlay
+    include_grid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_image_pixels: int
+    min_image_size: int
+    request_timeout_s: float
+
+
+class Predictor:
+    def __init__(
+        self, engine: InferenceEngine, card: ModelCard, limits: Limits, pool: ThreadPoolExecutor
+    ) -> None:
+        self.engine = engine
+        self.card = card
+        self.limits = limits
+        self.pool = pool
+        self.model_ref = {"name": card.name, "version": card.version}
+        self.stride = card.config.feature_stride
+        self._label_index = {label: index for index, label in enumerate(card.labels)}
+
+    # -- parameters --------------------------------------------------------------------------------
+    def check_top_k(self, top_k: int) -> None:
+        if not 1 <= top_k <= len(self.card.labels):
+            raise InvalidParameter(f"top_k must be between 1 and {len(self.card.labels)}, got {top_k}")
+
+    def target_index(self, label: str | None) -> int | None:
+        if label is None:
+            return None
+        if label not in self._label_index:
+            raise InvalidParameter(f"unknown target {label!r}; the labels are {self.card.labels}")
+        return self._label_index[label]
+
+    # -- the two operations ------------------------------------------------------------------------
+    async def predict(self, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
+        """Top-k class probabilities for each image."""
+        self.check_top_k(top_k)
+        async with self._deadline() as deadline:
+            _, predictions = await self._infer(images, top_k, None, keep_rgb=False, deadline=deadline)
+        return [{"model": self.model_ref, "predictions": self._predictions(p)} for p in predictions]
+
+    async def attention_maps(
+        self, images: list[bytes], top_k: int, options: MapOptions
+    ) -> list[dict[str, Any]]:
+        """Top-k predictions plus a heatmap (and optionally an overlay and the raw grid) for each image."""
+        self.check_top_k(top_k)
+        map_request = MapRequest(options.kind, options.target)
+        async with self._deadline() as deadline:
+            decoded, predictions = await self._infer(
+                images, top_k, map_request, keep_rgb=options.colormap is not None, deadline=deadline
+            )
+            rendered = await self._in_pool(
+                lambda pair: self._render(pair[0], pair[1], options),
+                list(zip(decoded, predictions, strict=True)),
+            )
+        return rendered
+
+    # -- steps -------------------------------------------------------------------------------------
+    async def _infer(
+        self, images: list[bytes], top_k: int, map_request: MapRequest | None, keep_rgb: bool, deadline: float
+    ) -> tuple[list[DecodedImage], list[Prediction]]:
+        decode = partial(
+            decode_image,
+            spec=self.card.preprocessing,
+            max_pixels=self.limits.max_image_pixels,
+            min_size=self.limits.min_image_size,
+            keep_rgb=keep_rgb,
+        )
+        with self.engine.expecting(len(images)):
+            decoded = await self._in_pool(decode, images)
+        predictions = await self.engine.predict([d.tensor for d in decoded], top_k, map_request, deadline)
+        return decoded, predictions
+
+    def _deadline(self) -> _Deadline:
+        return _Deadline(self.limits.request_timeout_s)
+
+    async def _in_pool(self, function: Callable[[T], R], items: list[T]) -> list[R]:
+        loop = asyncio.get_running_loop()
+        if len(items) == 1:
+            return [await loop.run_in_executor(self.pool, function, items[0])]
+        return list(
+            await asyncio.gather(*(loop.run_in_executor(self.pool, function, item) for item in items))
+        )
+
+    def _predictions(self, prediction: Prediction) -> list[dict[str, Any]]:
+        labels = self.card.labels
+        return [
+            {"label": labels[index], "index": index, "score": score}
+            for index, score in zip(prediction.indices, prediction.scores, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def _render(self, decoded: DecodedImage, prediction: Prediction, options: MapOptions) -> dict[str, Any]:
+        """Upsample the grid onto the input's pixels and encode the PNGs; runs in the decode pool."""
+        assert prediction.grid is not None
+        assert prediction.target is not None
+        grid = prediction.grid
+        shown = grid.clamp(min=0) if options.kind == "evidence" else grid
+        upsampled = upsample_to_input(shown.unsqueeze(0), decoded.height, decoded.width, self.stride)[0]
+        heat = heatmap_to_uint8(upsampled.numpy())
+        blended = None
+        if options.colormap is not None:
+            assert decoded.rgb is not None
+            blended = _b64(encode_png(overlay(decoded.rgb, heat, options.colormap)))
+        response: dict[str, Any] = {
+            "model": self.model_ref,
+            "predictions": self._predictions(prediction),
+            "target": self.card.labels[prediction.target],
+            "kind": options.kind,
+            "width": decoded.width,
+            "height": decoded.height,
+            "heatmap": _b64(encode_png(heat)),
+            "overlay": blended,
+            "grid_stride": self.stride,
+        }
+        if options.include_grid:
+            response["grid"] = grid.tolist()
+        return response
+
+
+class _Deadline:
+    """``async with`` block bounded by the request timeout; yields the deadline and raises 504 past it."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.deadline = time.perf_counter() + timeout_s
+        self._timeout = asyncio.timeout(timeout_s)
+
+    async def __aenter__(self) -> float:
+        await self._timeout.__aenter__()
+        return self.deadline
+
+    async def __aexit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        try:
+            await self._timeout.__aexit__(exc_type, exc, traceback)
+        except TimeoutError as timeout:
+            raise DeadlineExceeded("the request did not finish within its deadline") from timeout
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,25 @@
+"""Liveness and readiness probes (never behind an API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from app.errors import ModelNotReady
+from app.routes.common import error_responses
+from app.schemas import HealthPublic
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", response_model=HealthPublic)
+async def live() -> dict[str, str]:
+    """200 while the process serves HTTP."""
+    return {"status": "alive"}
+
+
+@router.get("/ready", response_model=HealthPublic, responses=error_responses(503))
+async def ready(request: Request) -> dict[str, str]:
+    """200 once the model is loaded and warm; 503 before that and while shutting down."""
+    if not request.app.state.ready:
+        raise ModelNotReady("the model is not ready", headers={"Retry-After": "1"})
+    return {"status": "ready"}
