@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# End-to-end container test: build the image, `compose up`, wait for healthy, POST a PNG to /predict and
+# /attention-map, check the JSON, check that SIGTERM lets an in-flight request finish, and tear down
+# (always). Works online and offline:
+#   - starts dockerd when no engine answers (needs root);
+#   - uses the real python:3.11-slim when it is present or can be pulled, else builds a stand-in with
+#     scripts/container_base.sh (debootstrap);
+#   - when download.pytorch.org is unreachable, serves this host's torch wheel and its dependencies
+#     from a local PEP 503 index (pip download + python -m http.server) and passes it as TORCH_INDEX_URL;
+#   - builds with host networking and hands pip this host's CA bundle as a BuildKit secret, so nothing
+#     machine-specific enters the Dockerfile or the image.
+# Usage: scripts/container_test.sh   (env: PYTHON, GLIMPSE_IMAGE, KEEP_ENGINE=1 to leave a started dockerd)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+IMAGE="${GLIMPSE_IMAGE:-glimpse:cpu}"
+BASE_IMAGE="python:3.11-slim"
+TORCH_VERSION="$(sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)"
+workdir="$(mktemp -d)"
+project="glimpse-test-$$"
+started_engine=""
+index_pid=""
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# A free TCP port on 127.0.0.1: the preferred one ($1) when it is free, else any.
+free_port() {
+    "$PYTHON" -c 'import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])' "${1:-0}"
+}
+
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+compose+=(--project-name "$project" --file docker-compose.yml)
+
+cleanup() {
+    local rc=$?
+    if [[ -n "${GLIMPSE_PORT:-}" ]]; then
+        log "tearing down"
+        "${compose[@]}" down --volumes --timeout 30 >/dev/null 2>&1 || true
+    fi
+    [[ -n "$index_pid" ]] && kill "$index_pid" 2>/dev/null
+    if [[ -n "$started_engine" && -z "${KEEP_ENGINE:-}" ]]; then
+        log "stopping the dockerd this test started"
+        kill "$started_engine" 2>/dev/null && while kill -0 "$started_engine" 2>/dev/null; do sleep 0.5; done
+    fi
+    rm -rf "$workdir"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+ensure_engine() {
+    docker info >/dev/null 2>&1 && return
+    log "no Docker engine answers: starting dockerd"
+    dockerd >"$workdir/dockerd.log" 2>&1 &
+    started_engine=$!
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && return; sleep 0.5; done
+    tail -20 "$workdir/dockerd.log" >&2
+    return 1
+}
+
+ensure_base_image() {
+    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && { log "base image $BASE_IMAGE is present"; return; }
+    if timeout 300 docker pull "$BASE_IMAGE" >/dev/null 2>&1; then log "pulled $BASE_IMAGE"; return; fi
+    log "cannot pull $BASE_IMAGE: building a local stand-in with debootstrap"
+    scripts/container_base.sh "$BASE_IMAGE"
+}
+
+# Prints the torch index URL to build with: the official one, or a local mirror of this host's wheels.
+torch_index_url() {
+    local official="https://download.pytorch.org/whl/cpu"
+    if "$PYTHON" -c "import urllib.request as u; u.urlopen('$official/torch/', timeout=10)" 2>/dev/null; then
+        echo "$official"
+        return
+    fi
+    log "cannot reach $official: serving torch==$TORCH_VERSION from a local index"
+    "$PYTHON" -m pip download --only-binary=:all: --python-version 3.11 \
+        --dest "$workdir/wheels" "torch==$TORCH_VERSION" >"$workdir/download.log" 2>&1 \
+        || { tail -20 "$workdir/download.log" >&2; return 1; }
+    # PEP 503 layout: one directory per normalized project name; http.server's listing is the index page.
+    local wheel name
+    for wheel in "$workdir"/wheels/*.whl; do
+        name="$(basename "$wheel" | cut -d- -f1 | tr 'A-Z_.' 'a-z--')"
+        mkdir -p "$workdir/simple/$name" && mv "$wheel" "$workdir/simple/$name/"
+    done
+    # A stable port keeps the build argument, and so Docker's layer cache, the same from run to run.
+    local port
+    port="$(free_port 8765)"
+    "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$workdir" "$port" >/dev/null 2>&1 &
+    index_pid=$!
+    for _ in $(seq 20); do
+        "$PYTHON" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/simple/torch/')" \
+            2>/dev/null && break
+        sleep 0.25
+    done
+    echo "http://127.0.0.1:$port/simple"
+}
+
+# Prints the build command: BuildKit is needed for the secret mount (buildx, or a client with it built in).
+build_command() {
+    if docker buildx version >/dev/null 2>&1; then echo "docker buildx build --load"; return; fi
+    local client
+    for client in $(type -ap docker); do
+        if DOCKER_BUILDKIT=1 "$client" build --help 2>/dev/null | grep -q -- '--secret'; then
+            echo "env DOCKER_BUILDKIT=1 $client build"
+            return
+        fi
+    done
+    log "no docker client here can build with BuildKit (install docker-buildx)"
+    return 1
+}
+
+build_image() {
+    local index_url="$1" ca_bundle build
+    build="$(build_command)"
+    ca_bundle="${PIP_CERT:-${SSL_CERT_FILE:-${REQUESTS_CA_BUNDLE:-}}}"
+    local args=(--network host --tag "$IMAGE" --build-arg "TORCH_INDEX_URL=$index_url")
+    [[ -s "$ca_bundle" ]] && args+=(--secret "id=pip_ca,src=$ca_bundle")
+    log "building $IMAGE ($build)"
+    local start=$SECONDS
+    $build --progress plain "${args[@]}" . >"$workdir/build.log" 2>&1 || { tail -40 "$workdir/build.log" >&2; return 1; }
+    log "built $IMAGE in $((SECONDS - start)) s; size $(docker image inspect --format '{{.Size}}' "$IMAGE" \
+        | awk '{printf "%.0f MB", $1 / 1e6}')"
+    log "image config: $(docker image inspect --format '{{json .Config}}' "$IMAGE")"
+}
+
+# compose up, wait for healthy, round trip; extra arguments go to container_smoke.py.
+up_and_check() {
+    log "docker compose up -d (host port $GLIMPSE_PORT, GLIMPSE_MODEL_DIR=${GLIMPSE_MODEL_DIR:-default})"
+    "${compose[@]}" up -d --no-build
+    wait_healthy
+    "$PYTHON" scripts/container_smoke.py "http://127.0.0.1:$GLIMPSE_PORT" "$@"
+}
+
+wait_healthy() {
+    local container status
+    container="$("${compose[@]}" ps -q glimpse)"
+    for _ in $(seq 90); do
+        status="$(docker inspect --format '{{.State.Health.Status}}' "$container")"
+        [[ "$status" == healthy ]] && { log "container is healthy"; return; }
+        sleep 2
+    done
+    log "container never became healthy (last status: $status)"
+    "${compose[@]}" logs --no-color --tail 40 >&2
+    return 1
+}
+
+ensure_engine
+ensure_base_image
+build_image "$(torch_index_url)"
+
+GLIMPSE_PORT="$(free_port)"
+export GLIMPSE_PORT
+
+# 1. The model baked into the image.
+up_and_check --model-version "$(sed -n 's/^  "version": "\(.*\)",$/\1/p' models/default/card.json)"
+
+# 2. A user's model from a read-only bind mount (a copy of the default with its own version), then a
+#    graceful stop with a request in flight.
+mkdir -p "$workdir/user-model"
+cp models/default/model.safetensors "$workdir/user-model/"
+sed 's/^  "version": ".*",$/  "version": "0.0.0-user",/' models/default/card.json >"$workdir/user-model/card.json"
+chmod -R a+rX "$workdir/user-model"
+export GLIMPSE_MODEL_HOST_DIR="$workdir/user-model" GLIMPSE_MODEL_DIR=/models/user
+up_and_check --model-version 0.0.0-user --stop-command "${compose[*]} stop --timeout 30 glimpse"
+container="$("${compose[@]}" ps -q glimpse)"
+log "service log tail:"
+"${compose[@]}" logs --no-color --tail 6 glimpse >&2
+exit_code="$(docker inspect --format '{{.State.ExitCode}}' "$container")"
+[[ "$exit_code" == 0 ]] || { log "container exited with $exit_code after SIGTERM"; exit 1; }
+log "container stopped cleanly (exit code 0)"
+log "PASS"
