@@ -29,6 +29,16 @@ from typing import Any
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+class CheckError(Exception):
+    """The service answered, but not as it should."""
+
+
+def expect(condition: bool, detail: object) -> None:
+    # Not `assert`: the checks must hold under `python -O` too.
+    if not condition:
+        raise CheckError(detail)
+
+
 def make_png(width: int, height: int) -> bytes:
     """An 8-bit grayscale PNG: a bright bar on black, enough for the model to produce a real answer."""
 
@@ -46,51 +56,54 @@ def make_png(width: int, height: int) -> bytes:
 def post_image(url: str, png: bytes, timeout_s: float = 60) -> tuple[int, Any]:
     """POST one PNG as the multipart part ``file``; returns the status and the decoded JSON body."""
     boundary = uuid.uuid4().hex
-    body = (
+    head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit.png"\r\n'
         f"Content-Type: image/png\r\n\r\n"
-    ).encode() + png + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(
+    )
+    body = head.encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    # main() accepts only http(s) base URLs.
+    request = urllib.request.Request(  # noqa: S310
         url, data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
         return response.status, json.loads(response.read())
 
 
 def check_prediction(body: dict[str, Any]) -> None:
-    assert isinstance(body["model"]["name"], str) and body["model"]["name"], body["model"]
-    assert isinstance(body["model"]["version"], str), body["model"]
+    expect(isinstance(body["model"]["name"], str) and body["model"]["name"] != "", body["model"])
+    expect(isinstance(body["model"]["version"], str), body["model"])
     predictions = body["predictions"]
-    assert predictions, "no predictions"
+    expect(len(predictions) > 0, "no predictions")
     scores = [p["score"] for p in predictions]
-    assert all(isinstance(p["label"], str) and isinstance(p["index"], int) for p in predictions), predictions
-    assert all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True), scores
-    assert sum(scores) <= 1.0 + 1e-4, scores
+    expect(all(isinstance(p["label"], str) and isinstance(p["index"], int) for p in predictions), predictions)
+    expect(all(0.0 <= s <= 1.0 for s in scores), scores)
+    expect(scores == sorted(scores, reverse=True), f"not sorted: {scores}")
+    expect(sum(scores) <= 1.0 + 1e-4, f"scores sum past 1: {scores}")
 
 
 def check_attention_map(body: dict[str, Any], width: int, height: int) -> None:
     check_prediction(body)
-    assert (body["width"], body["height"]) == (width, height), (body["width"], body["height"])
-    assert body["kind"] in {"evidence", "attention"}, body["kind"]
+    expect((body["width"], body["height"]) == (width, height), (body["width"], body["height"]))
+    expect(body["kind"] in {"evidence", "attention"}, body["kind"])
     heatmap = base64.b64decode(body["heatmap"], validate=True)
-    assert heatmap.startswith(PNG_SIGNATURE), "heatmap is not a PNG"
-    assert struct.unpack(">II", heatmap[16:24]) == (width, height), "heatmap size differs from the input"
+    expect(heatmap.startswith(PNG_SIGNATURE), "heatmap is not a PNG")
+    expect(struct.unpack(">II", heatmap[16:24]) == (width, height), "heatmap size differs from the input")
 
 
 def round_trip(base_url: str, model_version: str | None) -> None:
     width, height = 60, 60
     png = make_png(width, height)
     status, body = post_image(f"{base_url}/predict", png)
-    assert status == 200, status
+    expect(status == 200, status)
     check_prediction(body)
     if model_version is not None:
-        assert body["model"]["version"] == model_version, body["model"]
+        expect(body["model"]["version"] == model_version, body["model"])
     top = body["predictions"][0]
     print(f"POST /predict -> {status}: model {body['model']['name']} {body['model']['version']}, "
           f"top {top['label']} ({top['score']:.3f}), {len(body['predictions'])} classes")  # fmt: skip
 
     status, body = post_image(f"{base_url}/attention-map", png)
-    assert status == 200, status
+    expect(status == 200, status)
     check_attention_map(body, width, height)
     print(f"POST /attention-map -> {status}: {body['kind']} map for {body['target']!r}, "
           f"heatmap PNG {body['width']}x{body['height']}, grid stride {body['grid_stride']}")  # fmt: skip
@@ -123,14 +136,14 @@ def graceful_stop(base_url: str, stop_command: str) -> None:
     worker.start()
     time.sleep(min(0.5, single_s / 3))
     signalled = time.monotonic()
-    subprocess.run(shlex.split(stop_command), check=True, capture_output=True)
+    subprocess.run(shlex.split(stop_command), check=True, capture_output=True)  # noqa: S603 (our own caller)
     stopped = time.monotonic()
     worker.join(timeout=60)
 
-    assert "error" not in outcome, f"in-flight request failed on SIGTERM: {outcome.get('error')}"
-    assert outcome["status"] == 200, outcome["status"]
+    expect("error" not in outcome, f"in-flight request failed on SIGTERM: {outcome.get('error')}")
+    expect(outcome["status"] == 200, outcome["status"])
     check_prediction(outcome["body"])
-    assert outcome["finished"] > signalled, "the request finished before the stop signal; nothing was tested"
+    expect(outcome["finished"] > signalled, "the request finished before the stop signal; nothing was tested")
     print(f"graceful stop: {side}x{side} request ({single_s:.1f} s alone) sent, SIGTERM after "
           f"{signalled - sent:.1f} s, answered 200 after {outcome['finished'] - sent:.1f} s; "
           f"container stopped in {stopped - signalled:.1f} s")  # fmt: skip
@@ -142,11 +155,13 @@ def main() -> int:
     parser.add_argument("--model-version", help="the model version the service must report")
     parser.add_argument("--stop-command", help="command that stops the container (sends SIGTERM)")
     args = parser.parse_args()
+    if not args.base_url.startswith(("http://", "https://")):
+        parser.error("base_url must be an http(s) URL")
     try:
         round_trip(args.base_url, args.model_version)
         if args.stop_command:
             graceful_stop(args.base_url, args.stop_command)
-    except (AssertionError, KeyError, OSError) as error:
+    except (CheckError, KeyError, TypeError, OSError, subprocess.CalledProcessError) as error:
         print(f"FAIL: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     return 0

@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 IMAGE="${GLIMPSE_IMAGE:-glimpse:cpu}"
+export GLIMPSE_IMAGE="$IMAGE"  # docker-compose.yml runs this tag
 BASE_IMAGE="python:3.11-slim"
 TORCH_VERSION="$(sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)"
 workdir="$(mktemp -d)"
