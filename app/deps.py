@@ -17,7 +17,7 @@ api_key_header = APIKeyHeader(
 )
 
 
-def get_settings_from_app(request: Request) -> Settings:
+async def get_settings_from_app(request: Request) -> Settings:
     settings = request.app.state.settings
     assert isinstance(settings, Settings)
     return settings
@@ -26,7 +26,7 @@ def get_settings_from_app(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     """The loaded, warmed-up predictor; 503 with Retry-After before startup ends and during shutdown."""
     predictor = request.app.state.predictor
     if not request.app.state.ready or predictor is None:
@@ -38,7 +38,7 @@ def get_predictor(request: Request) -> Predictor:
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_header)], request: Request
 ) -> None:
     """Accept ``X-API-Key: <key>`` or ``Authorization: Bearer <key>`` when keys are configured."""

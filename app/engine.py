@@ -34,7 +34,7 @@ from models.attention_net import AttentionNet, AttentionOutput
 logger = logging.getLogger("glimpse.engine")
 
 MapKind = Literal["evidence", "attention"]
-PAD_WASTE_LIMIT = 2.0  # pad images together only while padded pixels stay within 2× their real pixels
+PAD_WASTE_LIMIT = 2.0  # pad an image only up to 2× its own pixels
 
 
 @dataclass(slots=True, frozen=True)
@@ -85,24 +85,27 @@ class EngineConfig:
 def plan_groups(sizes: list[tuple[int, int]], max_batch_pixels: int) -> list[list[int]]:
     """Split a batch into groups that are cheap to pad together, returning indices into ``sizes``.
 
-    Greedy over images sorted by area, largest first: an image joins the open group while the group's
-    padded pixel count stays within :data:`PAD_WASTE_LIMIT` × its real pixels and ``max_batch_pixels``.
-    Images of one size always share a group (up to the pixel budget).
+    Greedy over images sorted by area, largest first: an image joins the open group while padding it
+    to the group's height × width costs at most :data:`PAD_WASTE_LIMIT` × its own pixels (it is the
+    smallest member, so no member is padded more) and the padded group fits ``max_batch_pixels``.
     """
     order = sorted(range(len(sizes)), key=lambda i: sizes[i][0] * sizes[i][1], reverse=True)
     groups: list[list[int]] = []
-    height = width = real = 0
+    height = width = 0
     for index in order:
         h, w = sizes[index]
-        new_height, new_width = max(height, h), max(width, w)
-        count = len(groups[-1]) + 1 if groups else 1
-        padded = new_height * new_width * count
-        if groups and padded <= PAD_WASTE_LIMIT * (real + h * w) and padded <= max_batch_pixels:
+        padded_height, padded_width = max(height, h), max(width, w)
+        padded = padded_height * padded_width
+        if (
+            groups
+            and padded <= PAD_WASTE_LIMIT * h * w
+            and padded * (len(groups[-1]) + 1) <= max_batch_pixels
+        ):
             groups[-1].append(index)
-            height, width, real = new_height, new_width, real + h * w
+            height, width = padded_height, padded_width
         else:
             groups.append([index])
-            height, width, real = h, w, h * w
+            height, width = h, w
     return groups
 
 

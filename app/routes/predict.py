@@ -33,6 +33,7 @@ async def predict(
     request: Request, predictor: PredictorDep, settings: SettingsDep, top_k: TopK = 5
 ) -> Response:
     """The top_k classes of each image with their softmax probabilities, highest first."""
+    predictor.check_top_k(top_k)
     upload = await read_upload(request, settings.max_body_bytes, settings.max_images_per_request)
     predictor.engine.metrics.images_per_request.labels("/predict").observe(len(upload.images))
     results = await predictor.predict(upload.images, top_k)

@@ -1,0 +1,108 @@
+"""The dynamic batcher: grouping, padded == single numerics, batching, back-pressure and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import torch
+
+from app.engine import EngineConfig, InferenceEngine, MapRequest, plan_groups
+from app.errors import DeadlineExceeded, Overloaded
+from app.metrics import Metrics
+from models.checkpoint import DEFAULT_MODEL_DIR, load_model
+
+pytestmark = pytest.mark.anyio
+
+
+def make_engine(**config: object) -> InferenceEngine:
+    model, _ = load_model(DEFAULT_MODEL_DIR)
+    return InferenceEngine(model.fuse_for_inference(), torch.device("cpu"), EngineConfig(**config), Metrics())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[InferenceEngine]:
+    engine = make_engine(max_batch_size=16, max_batch_delay_ms=20.0)
+    engine.start()
+    yield engine
+    await engine.stop()
+
+
+def test_plan_groups_keeps_sizes_together_and_splits_wasteful_padding() -> None:
+    sizes = [(60, 60), (60, 60), (62, 61), (200, 200), (60, 60)]
+    groups = plan_groups(sizes, max_batch_pixels=1 << 30)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2, 4], [3]]
+    assert plan_groups([(100, 100)] * 4, max_batch_pixels=20_000) == [[0, 1], [2, 3]]
+
+
+def random_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, h, w, generator=generator) for h, w in sizes]
+
+
+async def test_mixed_size_batch_equals_single_image_runs(engine: InferenceEngine) -> None:
+    sizes = [(60, 60), (48, 72), (64, 40), (33, 57), (60, 60)]
+    images = random_images(sizes)
+    request = MapRequest("evidence", target=3)
+    deadline = time.perf_counter() + 30
+    batched = await engine.predict(images, top_k=10, map_request=request, deadline=deadline)
+    for image, together in zip(images, batched, strict=True):
+        (alone,) = await engine.predict([image], top_k=10, map_request=request, deadline=deadline)
+        assert together.indices == alone.indices
+        assert together.scores == pytest.approx(alone.scores, abs=1e-5)
+        assert together.grid is not None
+        assert alone.grid is not None
+        assert (
+            together.grid.shape == alone.grid.shape == ((image.shape[1] + 3) // 4, (image.shape[2] + 3) // 4)
+        )
+        assert torch.allclose(together.grid, alone.grid, atol=1e-5)
+    assert engine.metrics.batch_size.collect()[0].samples  # the batch was observed
+
+
+async def test_concurrent_requests_share_forward_passes(engine: InferenceEngine) -> None:
+    images = random_images([(60, 60)] * 32)
+    deadline = time.perf_counter() + 30
+    with engine.expecting(len(images)):  # as the predictor does while requests decode
+        tasks = [asyncio.create_task(engine.predict([image], 5, None, deadline)) for image in images]
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks)
+    assert len(results) == 32
+    registry = engine.metrics.registry
+    batches = registry.get_sample_value("glimpse_batch_size_count")
+    assert batches is not None
+    assert batches <= 4  # 32 images in batches of at most 16: 2 passes, with slack for timing
+    assert all(len(prediction.indices) == 5 for (prediction,) in results)
+
+
+async def test_full_queue_is_refused_at_once() -> None:
+    engine = make_engine(max_queue_size=4)  # not started: nothing drains the queue
+    deadline = time.perf_counter() + 30
+    waiting = asyncio.create_task(engine.predict(random_images([(20, 20)] * 4), 1, None, deadline))
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded) as raised:
+        await engine.predict(random_images([(20, 20)]), 1, None, deadline)
+    assert time.perf_counter() - started < 0.1
+    assert raised.value.headers["Retry-After"] == "1"
+    waiting.cancel()
+    engine.start()
+    await engine.stop()
+
+
+async def test_expired_requests_get_deadline_exceeded() -> None:
+    engine = make_engine()
+    engine.start()
+    with pytest.raises(DeadlineExceeded):
+        await engine.predict(random_images([(20, 20)]), 1, None, deadline=time.perf_counter() - 1)
+    await engine.stop()
+
+
+async def test_attention_map_kind_returns_the_raw_attention(engine: InferenceEngine) -> None:
+    (image,) = random_images([(40, 44)])
+    deadline = time.perf_counter() + 30
+    (prediction,) = await engine.predict([image], 1, MapRequest("attention"), deadline)
+    assert prediction.grid is not None
+    assert prediction.target == prediction.indices[0]
+    assert float(prediction.grid.sum()) == pytest.approx(1.0, abs=1e-4)  # attention sums to one

@@ -1,0 +1,143 @@
+"""Decoding any supported image safely, and encoding heatmaps and overlays."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import png_bytes
+from PIL import Image
+
+from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
+from app.imaging import COLORMAPS, decode_image, encode_png, heatmap_to_uint8, overlay
+from models.checkpoint import Preprocessing
+from models.preprocessing import to_model_input
+
+SPEC = Preprocessing()  # the bundled model's: grayscale, mean 0.1, std 0.3
+
+
+def decode(data: bytes, max_pixels: int = 1 << 22, min_size: int = 16, keep_rgb: bool = False):  # type: ignore[no-untyped-def]
+    return decode_image(data, SPEC, max_pixels=max_pixels, min_size=min_size, keep_rgb=keep_rgb)
+
+
+def gradient(width: int = 40, height: int = 30) -> np.ndarray:
+    return (np.arange(width * height, dtype=np.uint32).reshape(height, width) * 7 % 256).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("L", "PNG"), ("RGB", "JPEG"), ("RGBA", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"), ("RGB", "WEBP"),
+     ("RGB", "BMP"), ("I;16", "PNG"), ("F", "TIFF"), ("1", "PNG")],
+)  # fmt: skip
+def test_decodes_every_mode_and_format_to_the_model_input(mode: str, fmt: str) -> None:
+    image = Image.fromarray(gradient()).convert(mode) if mode not in ("I;16", "F") else None
+    if mode == "I;16":
+        image = Image.fromarray(gradient().astype(np.uint16) * 257)  # Pillow picks I;16
+    if mode == "F":
+        image = Image.fromarray(gradient().astype(np.float32) / 255.0, mode="F")
+    assert image is not None
+    decoded = decode(png_bytes(image, format=fmt))
+    assert decoded.tensor.shape == (1, 30, 40)
+    assert (decoded.width, decoded.height) == (40, 30)
+    assert torch.isfinite(decoded.tensor).all()
+    assert decoded.tensor.std() > 0.1  # the picture survived, not a blank
+
+
+def test_lossless_decode_equals_to_model_input_of_the_original() -> None:
+    original = Image.fromarray(gradient())
+    assert torch.equal(decode(png_bytes(original)).tensor, to_model_input(original, SPEC))
+
+
+def test_gif_uses_the_first_frame_and_tiff_the_first_page() -> None:
+    first, second = Image.fromarray(gradient()), Image.fromarray(255 - gradient())
+    for fmt in ("GIF", "TIFF"):
+        buffer = io.BytesIO()
+        first.save(buffer, format=fmt, save_all=True, append_images=[second])
+        expected = to_model_input(first, SPEC)
+        assert torch.allclose(decode(buffer.getvalue()).tensor, expected, atol=1e-6), fmt
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.fromarray(gradient(40, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    data = png_bytes(image.convert("RGB"), format="JPEG", exif=exif.tobytes(), quality=95)
+    decoded = decode(data)
+    assert (decoded.width, decoded.height) == (30, 40)
+    assert decoded.tensor.shape == (1, 40, 30)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width×height but whose data is a few bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_declared_pixel_count_is_checked_before_decoding() -> None:
+    bomb = png_declaring(5000, 5000)
+    assert len(bomb) < 100
+    with pytest.raises(ImageTooLarge, match="25000000 pixels"):
+        decode(bomb, max_pixels=1_000_000)
+
+
+def test_pillow_decompression_bomb_is_too_large_not_a_crash() -> None:
+    with pytest.raises(ImageTooLarge):
+        decode(png_declaring(40000, 40000), max_pixels=10**12)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", InvalidImage),
+        (b"definitely not an image", UnsupportedImage),
+        (png_bytes(gradient())[:60], InvalidImage),
+        (png_bytes(gradient(15, 40)), ImageTooSmall),
+    ],
+)
+def test_bad_inputs_raise_domain_errors(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        decode(data)
+
+
+def test_keep_rgb_gives_the_input_as_rgb_uint8() -> None:
+    decoded = decode(png_bytes(Image.fromarray(gradient())), keep_rgb=True)
+    assert decoded.rgb is not None
+    assert decoded.rgb.shape == (30, 40, 3)
+    assert np.array_equal(decoded.rgb[..., 0], gradient())
+
+
+def test_heatmap_scaling_puts_the_maximum_at_255() -> None:
+    heat = heatmap_to_uint8(np.array([[0.0, 0.5], [1.0, 2.0]], dtype=np.float32))
+    assert heat.tolist() == [[0, 64], [128, 255]]
+    assert heatmap_to_uint8(np.zeros((2, 2), dtype=np.float32)).max() == 0
+
+
+def test_png_encoding_round_trips() -> None:
+    heat = gradient()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(heat)))), heat)
+    rgb = np.stack([heat, 255 - heat, heat // 2], axis=-1)
+    decoded = Image.open(io.BytesIO(encode_png(rgb)))
+    assert decoded.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded), rgb)
+
+
+def test_colormaps_match_matplotlib_endpoints_and_overlay_blends_half() -> None:
+    assert COLORMAPS["viridis"][0].tolist() == [68, 1, 84]
+    assert COLORMAPS["viridis"][255].tolist() == [253, 231, 37]
+    assert COLORMAPS["turbo"][0].tolist() == [48, 18, 59]
+    black = np.zeros((2, 2, 3), dtype=np.uint8)
+    heat = np.full((2, 2), 255, dtype=np.uint8)
+    assert overlay(black, heat, "viridis")[0, 0].tolist() == [126, 116, 18]  # round(0.5 × (253, 231, 37))
