@@ -58,6 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the artifact (hash-verified), choose the device, fuse BN, warm up; then mark ready."""
     settings: Settings = app.state.settings
     logger.setLevel(settings.log_level.upper())
+    if not logger.handlers and not logging.getLogger().handlers:  # uvicorn configures only its own loggers
+        logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
     started = time.perf_counter()
     device = choose_device(settings.device)
     configure_torch(settings, device)
