@@ -69,7 +69,9 @@ ensure_base_image() {
     docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && { log "base image $BASE_IMAGE is present"; return; }
     if timeout 300 docker pull "$BASE_IMAGE" >/dev/null 2>&1; then log "pulled $BASE_IMAGE"; return; fi
     log "cannot pull $BASE_IMAGE: building a local stand-in with debootstrap"
-    scripts/container_base.sh "$BASE_IMAGE"
+    local start=$SECONDS
+    scripts/container_base.sh "$BASE_IMAGE" >&2
+    log "base image ready in $((SECONDS - start)) s"
 }
 
 # Prints the torch index URL to build with: the official one, or a local mirror of this host's wheels.
