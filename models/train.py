@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from models.attention_net import AttentionNet, AttentionNetConfig
-from models.checkpoint import ModelCard, Preprocessing, save_model
+from models.checkpoint import ModelCard, Preprocessing, load_model, save_model
 from models.data import LABELS, compose_canvases, default_fragments, fixed_canvases, load_mnist_splits
 from models.folder import load_image_folder
 
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="co-train a wider teacher with these stages and distil it into the model")
     parser.add_argument("--distill-weight", type=float, default=0.5, help="weight of the distillation loss")
     parser.add_argument("--jpeg-probability", type=float, default=0.2, help="share of batches JPEG round-tripped")
+    parser.add_argument("--time-budget-min", type=float, default=None,
+                        help="train for this long instead of --epochs; the learning-rate schedule follows wall time")
+    parser.add_argument("--init", type=Path, default=None, help="start from this model directory's weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -178,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
 
     config = AttentionNetConfig(in_channels=spec.channels, num_classes=len(labels),
                                 stages=tuple(tuple(stage) for stage in json.loads(args.stages)))
-    model = AttentionNet(config).to(device).to(memory_format=torch.channels_last)
+    model = AttentionNet(config)
+    if args.init is not None:
+        model.load_state_dict(load_model(args.init)[0].state_dict())
+    model = model.to(device).to(memory_format=torch.channels_last)
     parameters = list(model.parameters())
     teacher = None
     if args.teacher_stages:
@@ -189,8 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(train_labels) // args.batch_size)
     total_steps = steps_per_epoch * args.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,
-                                                   pct_start=0.1)
+    budget_s = args.time_budget_min * 60 if args.time_budget_min else None
+
+    def progress_fraction(step: int) -> float:
+        return (time.time() - started) / budget_s if budget_s else step / total_steps
     use_bf16 = device.type == "cuda"
     # An exponential moving average of the weights (and batch-norm statistics) is what gets evaluated
     # and saved: it is markedly steadier than the raw weights on this small data set.
@@ -199,8 +207,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- training loop
     best_error, best_state, best_epoch = float("inf"), None, -1
-    progress = tqdm(total=total_steps, disable=args.quiet, unit="step")
-    for epoch in range(args.epochs):
+    progress = tqdm(total=None if budget_s else total_steps, disable=args.quiet, unit="step")
+    global_step, epoch = 0, -1
+    while progress_fraction(global_step) < 1:
+        epoch += 1
         model.train()
         if teacher is not None:
             teacher.train()
@@ -231,8 +241,10 @@ def main(argv: list[str] | None = None) -> None:
                 loss = loss + args.distill_weight * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args.lr, progress_fraction(global_step))
             optimizer.step()
-            schedule.step()
+            global_step += 1
             update_average(averaged, model, args.ema_decay)
             progress.update(1)
             progress.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
@@ -255,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
         training={
             "data": data_description,
             "seed": args.seed,
-            "epochs": args.epochs,
+            "epochs": epoch + 1,
+            "steps": global_step,
+            "initialised_from": str(args.init) if args.init else None,
             "selected_epoch": best_epoch,
             "validation_error": round(best_error, 5),
             "batch_size": args.batch_size,
@@ -263,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
             "label_smoothing": args.label_smoothing,
             "elastic": args.elastic,
             "ema_decay": args.ema_decay,
-            "optimizer": f"AdamW lr {args.lr} (one-cycle), weight decay {args.weight_decay}",
+            "optimizer": f"AdamW peak lr {args.lr} (5% warm-up, cosine decay), weight decay {args.weight_decay}",
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__,
             "duration_s": round(time.time() - started, 1),
@@ -272,6 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     save_model(model.to(memory_format=torch.contiguous_format), card, args.out)
     print(f"saved {args.out} (best validation error {best_error:.2%} at epoch {best_epoch})")
+
+
+def learning_rate(peak: float, progress: float, warmup: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay to zero, as a function of training progress in [0, 1]."""
+    if progress < warmup:
+        return peak * progress / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
 @torch.no_grad()
