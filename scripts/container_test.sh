@@ -41,14 +41,16 @@ compose+=(--project-name "$project" --file docker-compose.yml)
 
 cleanup() {
     local rc=$?
+    set +e  # tear down as much as possible, whatever fails
     if [[ -n "${GLIMPSE_PORT:-}" ]]; then
         log "tearing down"
         "${compose[@]}" down --volumes --timeout 30 >/dev/null 2>&1 || true
     fi
-    [[ -n "$index_pid" ]] && kill "$index_pid" 2>/dev/null
+    if [[ -n "$index_pid" ]]; then kill "$index_pid" 2>/dev/null; wait "$index_pid" 2>/dev/null; fi
     if [[ -n "$started_engine" && -z "${KEEP_ENGINE:-}" ]]; then
         log "stopping the dockerd this test started"
-        kill "$started_engine" 2>/dev/null && while kill -0 "$started_engine" 2>/dev/null; do sleep 0.5; done
+        kill "$started_engine" 2>/dev/null
+        while kill -0 "$started_engine" 2>/dev/null; do sleep 0.5; done
     fi
     rm -rf "$workdir"
     exit "$rc"
@@ -74,11 +76,13 @@ ensure_base_image() {
     log "base image ready in $((SECONDS - start)) s"
 }
 
-# Prints the torch index URL to build with: the official one, or a local mirror of this host's wheels.
-torch_index_url() {
+# Sets torch_index_url: the official index, or a local mirror of this host's wheels. Not called in a
+# $(...) subshell, so that cleanup() sees index_pid and stops the server.
+torch_index_url=""
+choose_torch_index() {
     local official="https://download.pytorch.org/whl/cpu"
     if "$PYTHON" -c "import urllib.request as u; u.urlopen('$official/torch/', timeout=10)" 2>/dev/null; then
-        echo "$official"
+        torch_index_url="$official"
         return
     fi
     log "cannot reach $official: serving torch==$TORCH_VERSION from a local index"
@@ -101,7 +105,7 @@ torch_index_url() {
             2>/dev/null && break
         sleep 0.25
     done
-    echo "http://127.0.0.1:$port/simple"
+    torch_index_url="http://127.0.0.1:$port/simple"
 }
 
 # Prints the build command: BuildKit is needed for the secret mount (buildx, or a client with it built in).
@@ -155,7 +159,8 @@ wait_healthy() {
 
 ensure_engine
 ensure_base_image
-build_image "$(torch_index_url)"
+choose_torch_index
+build_image "$torch_index_url"
 
 GLIMPSE_PORT="$(free_port)"
 export GLIMPSE_PORT
