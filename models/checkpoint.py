@@ -72,7 +72,9 @@ class ModelCard:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelCard:
         if data.get("format") != CARD_FORMAT:
-            raise ModelArtifactError(f"unsupported card format {data.get('format')!r}; expected {CARD_FORMAT}")
+            raise ModelArtifactError(
+                f"unsupported card format {data.get('format')!r}; expected {CARD_FORMAT}"
+            )
         if data.get("architecture") != "AttentionNet":
             raise ModelArtifactError(f"unsupported architecture {data.get('architecture')!r}")
         try:

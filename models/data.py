@@ -77,7 +77,9 @@ def paste(canvas: Tensor, sources: Tensor, top: Tensor, left: Tensor) -> Tensor:
     row_ok = (rows >= 0) & (rows < height)
     col_ok = (cols >= 0) & (cols < width)
     batch_index = torch.arange(batch, device=canvas.device).view(-1, 1, 1)
-    gathered = sources[batch_index, rows.clamp(0, height - 1).unsqueeze(2), cols.clamp(0, width - 1).unsqueeze(1)]
+    gathered = sources[
+        batch_index, rows.clamp(0, height - 1).unsqueeze(2), cols.clamp(0, width - 1).unsqueeze(1)
+    ]
     gathered = gathered * (row_ok.unsqueeze(2) & col_ok.unsqueeze(1))
     return torch.maximum(canvas, gathered)
 
@@ -135,7 +137,9 @@ class CanvasSet:
     boxes: Tensor
 
 
-def fixed_canvases(split: DigitSplit, canvas_size: int, seed: int, num_fragments: int | None = None) -> CanvasSet:
+def fixed_canvases(
+    split: DigitSplit, canvas_size: int, seed: int, num_fragments: int | None = None
+) -> CanvasSet:
     """One canvas per digit of ``split``, deterministic in ``seed``; clutter comes from the same split."""
     generator = torch.Generator().manual_seed(seed)
     digits = split.images.float() / 255

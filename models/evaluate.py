@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from models.attention_net import AttentionNet, upsample_to_input
+from models.attention_net import AttentionNet, channels_last, upsample_to_input
 from models.checkpoint import ModelCard, load_model, write_card
 from models.data import CanvasSet, fixed_canvases, load_mnist_splits
 from models.preprocessing import to_model_input
@@ -40,7 +40,9 @@ POINTING_TOLERANCE_PX = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model_dir", type=Path, nargs="?", default=Path("models/default"))
     parser.add_argument("--sizes", default="60,100", help="canvas sizes, comma-separated")
     parser.add_argument("--write-card", action="store_true", help="store the results in the model card")
@@ -74,11 +76,17 @@ def map_quality(maps: Tensor, boxes: Tensor) -> dict[str, float]:
     rows = torch.arange(height).view(1, -1, 1)
     cols = torch.arange(width).view(1, 1, -1)
     inside = (
-        (rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1)) & (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1))
+        (rows >= y0.view(-1, 1, 1))
+        & (rows < y1.view(-1, 1, 1))
+        & (cols >= x0.view(-1, 1, 1))
+        & (cols < x1.view(-1, 1, 1))
     )
     mass = maps.clamp(min=0)
     energy = (mass * inside).sum((1, 2)) / mass.sum((1, 2)).clamp(min=1e-12)
-    return {"pointing_game": round(float(hit.float().mean()), 4), "energy_in_box": round(float(energy.mean()), 4)}
+    return {
+        "pointing_game": round(float(hit.float().mean()), 4),
+        "energy_in_box": round(float(energy.mean()), 4),
+    }
 
 
 def preprocess_all(images: list[Image.Image], card: ModelCard) -> Tensor:
@@ -129,8 +137,10 @@ def cpu_cost_ms(model_dir: Path, size: int = 60, batch: int = 16, threads: int =
     torch.set_num_threads(threads)
     try:
         model, card = load_model(model_dir, "cpu")
-        model = model.fuse_for_inference().to(memory_format=torch.channels_last)
-        x = torch.randn(batch, card.config.in_channels, size, size).contiguous(memory_format=torch.channels_last)
+        model = channels_last(model.fuse_for_inference())
+        x = torch.randn(batch, card.config.in_channels, size, size).contiguous(
+            memory_format=torch.channels_last
+        )
         for _ in range(20):
             model(x)
         samples = []

@@ -45,15 +45,17 @@ def load_image_folder(
             raise ValueError(f"class folder {root / name} has no images")
         arrays = [_read(f, image_size, color_mode) for f in files]
         order = generator.permutation(len(arrays))
-        held_out = min(len(arrays) - 1, max(1 if len(arrays) > 1 else 0, round(len(arrays) * validation_share)))
+        held_out = min(
+            len(arrays) - 1, max(1 if len(arrays) > 1 else 0, round(len(arrays) * validation_share))
+        )
         for rank, position in enumerate(order):
             parts["validation" if rank < held_out else "train"].append((arrays[position], index))
 
     def stack(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor]:
         if not items:
-            return torch.zeros(0, 1 if color_mode == "L" else 3, image_size, image_size, dtype=torch.uint8), torch.zeros(
-                0, dtype=torch.long
-            )
+            return torch.zeros(
+                0, 1 if color_mode == "L" else 3, image_size, image_size, dtype=torch.uint8
+            ), torch.zeros(0, dtype=torch.long)
         images = torch.from_numpy(np.stack([a for a, _ in items]))
         return images, torch.tensor([label for _, label in items], dtype=torch.long)
 
@@ -63,7 +65,7 @@ def load_image_folder(
 
 
 def _read(path: Path, image_size: int, color_mode: str) -> np.ndarray:
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert(color_mode).resize((image_size, image_size))
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened).convert(color_mode).resize((image_size, image_size))
         array = np.asarray(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

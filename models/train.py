@@ -28,38 +28,59 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from models.attention_net import AttentionNet, AttentionNetConfig
+from models.attention_net import AttentionNet, AttentionNetConfig, channels_last
 from models.checkpoint import ModelCard, Preprocessing, load_model, save_model
 from models.data import LABELS, compose_canvases, default_fragments, fixed_canvases, load_mnist_splits
 from models.folder import load_image_folder
 
-MNIST_PREPROCESSING = Preprocessing(color_mode="L", mean=(0.1,), std=(0.3,), size_policy="native", min_size=16)
+MNIST_PREPROCESSING = Preprocessing(
+    color_mode="L", mean=(0.1,), std=(0.3,), size_policy="native", min_size=16
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", choices=["mnist-cluttered", "folder"], default="mnist-cluttered")
     parser.add_argument("--folder", type=Path, help="image folder, one sub-folder per class (--data folder)")
     parser.add_argument("--image-size", type=int, default=64, help="training size for --data folder")
-    parser.add_argument("--color-mode", choices=["L", "RGB"], default=None, help="default: L for MNIST, RGB for folders")
-    parser.add_argument("--out", type=Path, required=True, help="directory for model.safetensors and card.json")
+    parser.add_argument(
+        "--color-mode", choices=["L", "RGB"], default=None, help="default: L for MNIST, RGB for folders"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory for model.safetensors and card.json"
+    )
     parser.add_argument("--name", default="glimpse-cluttered-mnist")
     parser.add_argument("--version", default="1.0.0")
-    parser.add_argument("--stages", default="[[24,2],[48,2],[64,1],[64,1]]", help="backbone (width, stride) list as JSON")
+    parser.add_argument(
+        "--stages", default="[[24,2],[48,2],[64,1],[64,1]]", help="backbone (width, stride) list as JSON"
+    )
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--augment", type=float, default=1.0, help="strength of the digit affine augmentation (0 = off)")
+    parser.add_argument(
+        "--augment", type=float, default=1.0, help="strength of the digit affine augmentation (0 = off)"
+    )
     parser.add_argument("--elastic", type=float, default=0.0, help="elastic distortion scale (Simard: 34)")
     parser.add_argument("--ema-decay", type=float, default=0.998, help="weights averaged per step; 0 = off")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--teacher-stages", default=None,
-                        help="co-train a wider teacher with these stages and distil it into the model")
+    parser.add_argument(
+        "--teacher-stages",
+        default=None,
+        help="co-train a wider teacher with these stages and distil it into the model",
+    )
     parser.add_argument("--distill-weight", type=float, default=0.5, help="weight of the distillation loss")
-    parser.add_argument("--jpeg-probability", type=float, default=0.2, help="share of batches JPEG round-tripped")
-    parser.add_argument("--time-budget-min", type=float, default=None,
-                        help="train for this long instead of --epochs; the learning-rate schedule follows wall time")
+    parser.add_argument(
+        "--jpeg-probability", type=float, default=0.2, help="share of batches JPEG round-tripped"
+    )
+    parser.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=None,
+        help="train for this long instead of --epochs; the learning-rate schedule follows wall time",
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this model directory's weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -73,7 +94,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def augment_digits(digits: Tensor, generator: torch.Generator, strength: float = 1.0, elastic: float = 0.0) -> Tensor:
+def augment_digits(
+    digits: Tensor, generator: torch.Generator, strength: float = 1.0, elastic: float = 0.0
+) -> Tensor:
     """Small random rotations (±15°), scalings (±10 %) and shears (±0.15) of (B, 28, 28) digits, plus
     Simard et al.'s (2003) elastic distortion (Gaussian-smoothed random displacements, σ = 4 px, scaled
     by ``elastic``; 34 is their value)."""
@@ -82,8 +105,13 @@ def augment_digits(digits: Tensor, generator: torch.Generator, strength: float =
     scale = 1 + (torch.rand(batch, generator=generator) - 0.5) * 0.2 * strength
     shear = (torch.rand(batch, generator=generator) - 0.5) * 0.3 * strength
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin + shear, torch.zeros(batch)], 1),
-                         torch.stack([sin, cos, torch.zeros(batch)], 1)], 1).to(digits.device)
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin + shear, torch.zeros(batch)], 1),
+            torch.stack([sin, cos, torch.zeros(batch)], 1),
+        ],
+        1,
+    ).to(digits.device)
     grid = F.affine_grid(theta, [batch, 1, 28, 28], align_corners=False)
     if elastic > 0:
         noise = torch.rand(batch, 2, 28, 28, generator=generator).to(digits.device) * 2 - 1
@@ -124,7 +152,9 @@ def sample_canvas_size(generator: torch.Generator) -> int:
 
 
 @torch.no_grad()
-def error_rate(model: AttentionNet, images: Tensor, labels: Tensor, spec: Preprocessing, device: torch.device) -> float:
+def error_rate(
+    model: AttentionNet, images: Tensor, labels: Tensor, spec: Preprocessing, device: torch.device
+) -> float:
     """Top-1 error of ``model`` on uint8 images (N, H, W) or (N, C, H, W)."""
     model.eval()
     wrong = 0
@@ -173,24 +203,39 @@ def main(argv: list[str] | None = None) -> None:
         val_sets = [(folder.validation_images, folder.validation_labels)]
         labels = folder.labels
         channels = 1 if color_mode == "L" else 3
-        spec = Preprocessing(color_mode=color_mode, mean=(0.5,) * channels, std=(0.25,) * channels,
-                             size_policy="native", min_size=16)
-        data_description = {"source": f"image folder {args.folder.name}", "classes": labels,
-                            "train_images": len(train_labels), "validation_images": len(folder.validation_labels),
-                            "image_size": args.image_size}
+        spec = Preprocessing(
+            color_mode=color_mode,
+            mean=(0.5,) * channels,
+            std=(0.25,) * channels,
+            size_policy="native",
+            min_size=16,
+        )
+        data_description = {
+            "source": f"image folder {args.folder.name}",
+            "classes": labels,
+            "train_images": len(train_labels),
+            "validation_images": len(folder.validation_labels),
+            "image_size": args.image_size,
+        }
 
-    config = AttentionNetConfig(in_channels=spec.channels, num_classes=len(labels),
-                                stages=tuple(tuple(stage) for stage in json.loads(args.stages)))
+    config = AttentionNetConfig(
+        in_channels=spec.channels,
+        num_classes=len(labels),
+        stages=tuple(tuple(stage) for stage in json.loads(args.stages)),
+    )
     model = AttentionNet(config)
     if args.init is not None:
         model.load_state_dict(load_model(args.init)[0].state_dict())
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = channels_last(model.to(device))
     parameters = list(model.parameters())
     teacher = None
     if args.teacher_stages:
-        teacher_config = AttentionNetConfig(in_channels=config.in_channels, num_classes=config.num_classes,
-                                            stages=tuple(tuple(s) for s in json.loads(args.teacher_stages)))
-        teacher = AttentionNet(teacher_config).to(device).to(memory_format=torch.channels_last)
+        teacher_config = AttentionNetConfig(
+            in_channels=config.in_channels,
+            num_classes=config.num_classes,
+            stages=tuple(tuple(s) for s in json.loads(args.teacher_stages)),
+        )
+        teacher = channels_last(AttentionNet(teacher_config).to(device))
         parameters += list(teacher.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(train_labels) // args.batch_size)
@@ -198,11 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     budget_s = args.time_budget_min * 60 if args.time_budget_min else None
 
     def progress_fraction(step: int) -> float:
-        return (time.time() - started) / budget_s if budget_s else step / total_steps
+        return float((time.time() - started) / budget_s) if budget_s else step / total_steps
+
     use_bf16 = device.type == "cuda"
     # An exponential moving average of the weights (and batch-norm statistics) is what gets evaluated
     # and saved: it is markedly steadier than the raw weights on this small data set.
-    averaged = AttentionNet(config).to(device).to(memory_format=torch.channels_last)
+    averaged = channels_last(AttentionNet(config).to(device))
     averaged.load_state_dict(model.state_dict())
 
     # ---- training loop
@@ -219,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
             index = order[step * args.batch_size : (step + 1) * args.batch_size]
             if args.data == "mnist-cluttered":
                 size = sample_canvas_size(generator)
-                fragments = max(0, default_fragments(size) + int(torch.randint(-2, 3, (1,), generator=generator)))
+                fragments = max(
+                    0, default_fragments(size) + int(torch.randint(-2, 3, (1,), generator=generator))
+                )
                 digits = augment_digits(train_digits[index], generator, args.augment, args.elastic)
                 canvas, _ = compose_canvases(digits, train_digits, size, fragments, generator)
                 if float(torch.rand(1, generator=generator)) < args.jpeg_probability:
@@ -240,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                 kl = F.kl_div(F.log_softmax(output.logits / 2.0, dim=1), soft, reduction="batchmean") * 4.0
                 loss = loss + args.distill_weight * kl
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(args.lr, progress_fraction(global_step))
             optimizer.step()
@@ -250,9 +298,12 @@ def main(argv: list[str] | None = None) -> None:
             progress.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         errors = [error_rate(averaged, images, targets, spec, device) for images, targets in val_sets]
         val_error = sum(errors) / len(errors)
-        line = f"epoch {epoch:4d}  loss {loss.item():.3f}  validation error {' / '.join(f'{e:.2%}' for e in errors)}"
+        shown = " / ".join(f"{e:.2%}" for e in errors)
+        line = f"epoch {epoch:4d}  loss {loss.item():.3f}  validation error {shown}"
         if teacher is not None:
-            teacher_errors = [error_rate(teacher, images, targets, spec, device) for images, targets in val_sets]
+            teacher_errors = [
+                error_rate(teacher, images, targets, spec, device) for images, targets in val_sets
+            ]
             line += f"  teacher {' / '.join(f'{e:.2%}' for e in teacher_errors)}"
         progress.write(line)
         if val_error <= best_error:  # later epochs win ties: the schedule has annealed further
@@ -263,7 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     assert best_state is not None
     model.load_state_dict(best_state)
     card = ModelCard(
-        name=args.name, version=args.version, config=config, labels=labels, preprocessing=spec,
+        name=args.name,
+        version=args.version,
+        config=config,
+        labels=labels,
+        preprocessing=spec,
         training={
             "data": data_description,
             "seed": args.seed,
@@ -277,14 +332,16 @@ def main(argv: list[str] | None = None) -> None:
             "label_smoothing": args.label_smoothing,
             "elastic": args.elastic,
             "ema_decay": args.ema_decay,
-            "optimizer": f"AdamW peak lr {args.lr} (5% warm-up, cosine decay), weight decay {args.weight_decay}",
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "optimizer": f"AdamW peak lr {args.lr} (5% warm-up, cosine), weight decay {args.weight_decay}",
+            "device": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or "cpu",
             "torch": torch.__version__,
             "duration_s": round(time.time() - started, 1),
             "command": "python -m models.train " + " ".join(argv if argv is not None else _argv()),
         },
     )
-    save_model(model.to(memory_format=torch.contiguous_format), card, args.out)
+    save_model(model, card, args.out)  # save_model stores contiguous tensors
     print(f"saved {args.out} (best validation error {best_error:.2%} at epoch {best_epoch})")
 
 

@@ -1,0 +1,96 @@
+"""The training and evaluation commands, end to end on small data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import evaluate, train
+from models.checkpoint import DEFAULT_MODEL_DIR, load_model
+from models.data import fixed_canvases, load_mnist_splits
+from models.evaluate import map_quality, predict_with_maps
+from models.preprocessing import to_model_input
+
+
+def make_folder(root: Path) -> None:
+    """Two classes a tiny CNN can tell apart: a bright square and a bright horizontal bar, at random places."""
+    rng = np.random.default_rng(0)
+    for name in ("bar", "square"):
+        (root / name).mkdir(parents=True)
+        for index in range(12):
+            image = np.zeros((40, 40, 3), dtype=np.uint8)
+            y, x = rng.integers(4, 24, size=2)
+            if name == "square":
+                image[y : y + 12, x : x + 12] = (255, 200, 50)
+            else:
+                image[y : y + 4, x : x + 14] = (50, 200, 255)
+            Image.fromarray(image).save(root / name / f"{index}.png")
+
+
+def test_trains_on_a_user_image_folder(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data")
+    out = tmp_path / "model"
+    train.main(
+        ["--data", "folder", "--folder", str(tmp_path / "data"), "--image-size", "32", "--out", str(out),
+         "--epochs", "25", "--batch-size", "8", "--stages", "[[8,2],[16,2],[16,1]]", "--quiet", "--device", "cpu",
+         "--name", "shapes"]
+    )  # fmt: skip
+    model, card = load_model(out)
+    assert card.name == "shapes"
+    assert card.labels == ["bar", "square"]
+    assert card.preprocessing.color_mode == "RGB"
+    assert card.config.in_channels == 3
+    assert card.training["data"]["train_images"] + card.training["data"]["validation_images"] == 24
+    # Served at a size it was not trained at: the network is fully convolutional.
+    with Image.open(tmp_path / "data" / "square" / "0.png") as square:
+        x = to_model_input(square, card.preprocessing).unsqueeze(0)
+    assert model(x).logits.shape == (1, 2)
+    assert card.training["validation_error"] <= 0.5
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    assert train.learning_rate(1.0, 0.0) == 0.0
+    assert train.learning_rate(1.0, 0.05) == pytest.approx(1.0)
+    assert train.learning_rate(1.0, 0.5) < 1.0
+    assert train.learning_rate(1.0, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_map_quality_scores_known_maps() -> None:
+    maps = torch.zeros(2, 20, 20)
+    maps[0, 5, 5] = 1.0  # inside the box
+    maps[1, 15, 15] = 3.0  # outside, beyond the 2-px tolerance
+    maps[1, 6, 6] = 1.0
+    boxes = torch.tensor([[2, 2, 10, 10], [2, 2, 10, 10]])
+    assert map_quality(maps, boxes) == {"pointing_game": 0.5, "energy_in_box": 0.625}
+
+
+def test_pointing_tolerance_is_two_pixels() -> None:
+    maps = torch.zeros(2, 20, 20)
+    maps[0, 5, 11] = 1.0  # box x1 is 10 (exclusive): 2 px to the right of the last column
+    maps[1, 5, 12] = 1.0  # 3 px: a miss
+    boxes = torch.tensor([[2, 2, 10, 10], [2, 2, 10, 10]])
+    assert map_quality(maps, boxes)["pointing_game"] == 0.5
+
+
+def test_bundled_model_on_fresh_test_canvases() -> None:
+    """A regression check on canvases the card's evaluation did not use (other seed)."""
+    model, card = load_model(DEFAULT_MODEL_DIR)
+    canvases = fixed_canvases(load_mnist_splits()["test"], 60, seed=77)
+    images = [Image.fromarray(a, mode="L") for a in canvases.images[:400].numpy()]
+    inputs = torch.stack([to_model_input(image, card.preprocessing) for image in images])
+    predictions, attention, _ = predict_with_maps(model, inputs, canvases.labels[:400])
+    assert float((predictions == canvases.labels[:400]).float().mean()) >= 0.96
+    quality = map_quality(attention, canvases.boxes[:400])
+    assert quality["pointing_game"] >= 0.98
+    assert quality["energy_in_box"] >= 0.75
+
+
+def test_evaluate_command_reports_both_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    evaluate.main([str(DEFAULT_MODEL_DIR), "--sizes", "60", "--skip-timing"])
+    out = capsys.readouterr().out
+    assert '"cluttered_60x60"' in out
+    assert '"pointing_game"' in out
