@@ -8,11 +8,13 @@ GIL while it decodes and encodes.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
@@ -20,7 +22,7 @@ from torch import Tensor
 from app.colormaps import COLORMAPS
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
 from models.checkpoint import Preprocessing
-from models.preprocessing import to_8bit, to_model_input
+from models.preprocessing import to_8bit
 
 Colormap = Literal["turbo", "viridis"]
 OVERLAY_ALPHA = 0.5  # weight of the colormap over the input image
@@ -81,12 +83,33 @@ def decode_image(
     try:
         image.load()
         image = ImageOps.exif_transpose(image) or image
-        tensor = to_model_input(image, spec)
+        tensor = normalise(image, spec)
         rgb = np.asarray(to_8bit(image).convert("RGB"), dtype=np.uint8) if keep_rgb else None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise InvalidImage(f"the image could not be decoded: {exc}") from exc
     height, width = tensor.shape[-2:]
     return DecodedImage(tensor, int(width), int(height), rgb)
+
+
+def normalise(image: Image.Image, spec: Preprocessing) -> Tensor:
+    """:func:`models.preprocessing.to_model_input`, bit for bit, at about half the cost.
+
+    The same float32 operations in the same order (scale, subtract, divide), done in NumPy with the
+    mean and std built once per spec instead of per image (``tests/test_app_imaging.py`` checks equality).
+    """
+    converted = to_8bit(image)
+    mean, std = _statistics(spec.mean, spec.std)
+    array = np.asarray(converted.convert(spec.color_mode), dtype=np.float32) / np.float32(255.0)
+    if array.ndim == 2:
+        return torch.from_numpy((array - mean) / std).unsqueeze(0)
+    return torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
+
+
+@functools.lru_cache(maxsize=8)
+def _statistics(
+    mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
 
 
 def heatmap_to_uint8(heatmap: NDArray[np.float32]) -> NDArray[np.uint8]:

@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.config import Settings, get_settings
 from app.engine import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
+from app.hotpath import HotPath
 from app.metrics import Metrics, MetricsMiddleware
 from app.predictor import Limits, Predictor
 from app.routes import attention, health, metrics, models, predict
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = None
     app.state.ready = False
     install_error_handlers(app)
+    app.add_middleware(HotPath)  # innermost: CORS and metrics wrap the hot path too
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

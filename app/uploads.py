@@ -1,7 +1,8 @@
 """Reading the images out of a request: multipart ``file`` parts or a JSON body of base64 strings.
 
 The body is read with a hard byte limit (the declared Content-Length is checked first, then the bytes
-actually received, so chunked uploads are bounded too).
+actually received, so chunked uploads are bounded too). :func:`simple_multipart_files` is the hot path's
+parser: python-multipart's callback parser straight over the body, without Starlette's form machinery.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.types import Message
+from starlette.types import Message, Receive
 
 from app.errors import (
     InvalidImage,
@@ -26,6 +30,9 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.schemas import ImagesRequest
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 MULTIPART_MAX_PARTS = 1000  # Starlette's parser limit; the image cap below is the real one
 
@@ -68,9 +75,7 @@ async def read_upload(request: Request, max_body_bytes: int, max_images: int) ->
 
 
 async def _read_body(request: Request, max_body_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {max_body_bytes}")
+    check_declared_length(request.headers.get("content-length"), max_body_bytes)
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.stream():
@@ -79,6 +84,111 @@ async def _read_body(request: Request, max_body_bytes: int) -> bytes:
             raise PayloadTooLarge(f"the body exceeds the limit of {max_body_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def check_declared_length(declared: str | None, max_body_bytes: int) -> None:
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {max_body_bytes}")
+
+
+async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
+    """The whole body from the raw ASGI channel, with the same limit and message as :func:`read_upload`."""
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            raise InvalidRequest("the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > max_body_bytes:
+            raise PayloadTooLarge(f"the body exceeds the limit of {max_body_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def simple_multipart_files(body: bytes, content_type: bytes) -> list[bytes] | None:
+    """The ``file`` parts of a well-formed multipart body whose ``file`` parts are all file uploads.
+
+    Returns None for anything else (malformed, no boundary, no ``file`` part, a ``file`` text field):
+    the caller then hands the body to :func:`read_upload`, which words the error.
+    """
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        return None
+    collector = _PartCollector()
+    try:
+        parser = MultipartParser(boundary, collector.callbacks(), max_size=len(body))
+        parser.write(body)
+        parser.finalize()
+    except (MultipartParseError, ValueError):
+        return None
+    if not collector.complete or not collector.files or collector.file_field_without_name:
+        return None
+    return collector.files
+
+
+class _PartCollector:
+    """python-multipart callbacks keeping the bytes of every part named ``file``."""
+
+    def __init__(self) -> None:
+        self.files: list[bytes] = []
+        self.file_field_without_name = False  # a ``file`` part without filename: a text field
+        self.complete = False
+        self._header_field = b""
+        self._header_value = b""
+        self._disposition = b""
+        self._chunks: list[bytes] | None = None
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_header_field": self._header_field_data,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._disposition = b""
+        self._chunks = None
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header_field.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_field = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if options.get(b"name") != b"file":
+            return
+        if b"filename" not in options:
+            self.file_field_without_name = True
+            return
+        self._chunks = []
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._chunks is not None:
+            self._chunks.append(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._chunks is not None:
+            self.files.append(b"".join(self._chunks))
+            self._chunks = None
+
+    def _end(self) -> None:
+        self.complete = True
 
 
 async def _from_multipart(request: Request, body: bytes) -> Upload:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from starlette.responses import Response
 
 from app.schemas import ErrorPublic, ImagesRequest
@@ -55,5 +55,5 @@ IMAGE_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
 
 
 def json_response(payload: Any) -> Response:
-    """Serialise with the standard library: the payloads are plain dicts, no model validation needed."""
-    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+    """Serialise with orjson: the payloads are plain dicts, no model validation needed."""
+    return Response(orjson.dumps(payload), media_type="application/json")

@@ -1,0 +1,77 @@
+"""The raw-ASGI hot path answers exactly as the FastAPI routes do, and hands them whatever it doesn't take."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import b64
+from PIL import Image
+
+from app.imaging import normalise
+from models.checkpoint import Preprocessing
+from models.preprocessing import to_model_input
+
+pytestmark = pytest.mark.anyio  # the sync tests below are unaffected
+MAP_PARAMS: dict[str, Any] = {"top_k": 3, "overlay": "true", "include_grid": "1", "kind": "evidence"}
+
+
+@pytest.mark.parametrize(("path", "params"), [("/predict", {"top_k": 3}), ("/attention-map", MAP_PARAMS)])
+async def test_hot_path_equals_the_route(
+    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes], path: str, params: dict[str, Any]
+) -> None:
+    image = canvas_png(7)
+    hot = await client.post(path, params=params, files={"file": ("d.png", image, "image/png")})
+    routed = await client.post(path, params=params, json={"image": b64(image)})  # JSON: always the route
+    assert hot.status_code == routed.status_code == 200
+    assert hot.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    assert hot.json() == routed.json()
+
+
+async def test_unusual_parameters_go_to_the_route(
+    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes]
+) -> None:
+    files = {"file": ("d.png", canvas_png(3), "image/png")}
+    plain = await client.post("/predict", params={"top_k": 2}, files=files)
+    signed = await client.post("/predict", params={"top_k": "+2"}, files=files)
+    assert signed.json() == plain.json()
+    wrong = await client.post("/attention-map", params={"kind": "gradcam"}, files=files)
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "invalid_parameter")
+
+
+async def test_bodies_the_simple_parser_refuses_are_replayed(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict", files={"other": ("d.png", b"x", "image/png")})
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
+    response = await client.post("/predict", data={"file": "not a file"}, files={"x": ("a", b"b")})
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
+
+
+async def test_hot_path_errors_have_the_one_shape(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict", files={"file": ("d.png", b"not an image", "image/png")})
+    assert response.status_code == 415
+    assert set(response.json()["error"]) == {"code", "message"}
+    response = await client.post("/attention-map", params={"target": "cat"}, files={"file": ("d", b"x")})
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_parameter")
+
+
+@pytest.mark.parametrize("color_mode", ["L", "RGB"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "F"])
+def test_normalise_is_bitwise_the_models_preprocessing(color_mode: str, mode: str) -> None:
+    rng = np.random.default_rng(0)
+    spec = Preprocessing()
+    if color_mode == "RGB":
+        spec = Preprocessing("RGB", (0.48, 0.45, 0.4), (0.23, 0.22, 0.22))
+    arrays = {
+        "RGB": rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
+        "RGBA": rng.integers(0, 256, (37, 53, 4), dtype=np.uint8),
+        "I;16": rng.integers(0, 65535, (37, 53), dtype=np.uint16),
+        "F": rng.random((37, 53), dtype=np.float32),
+    }
+    image = Image.fromarray(arrays.get(mode, rng.integers(0, 256, (37, 53), dtype=np.uint8)))
+    if mode == "P":
+        image = image.convert("P")
+    assert torch.equal(normalise(image, spec), to_model_input(image, spec))
