@@ -84,7 +84,7 @@ def test_label_count_must_match_the_classes(artifact: Path) -> None:
 @pytest.mark.parametrize("missing", [CARD_FILE, WEIGHTS_FILE])
 def test_missing_files_are_reported(artifact: Path, missing: str) -> None:
     (artifact / missing).unlink()
-    with pytest.raises(ModelArtifactError, match="no (model card|weights file)"):
+    with pytest.raises(ModelArtifactError, match=r"no (model card|weights file)"):
         load_model(artifact)
 
 

@@ -37,7 +37,8 @@ def test_boxes_hold_the_pasted_digit() -> None:
     widths = canvases.boxes[:, 2] - canvases.boxes[:, 0]
     heights = canvases.boxes[:, 3] - canvases.boxes[:, 1]
     assert bool((widths == DIGIT_SIZE).all() and (heights == DIGIT_SIZE).all())
-    assert int(canvases.boxes.min()) >= 0 and int(canvases.boxes.max()) <= 100
+    assert int(canvases.boxes.min()) >= 0
+    assert int(canvases.boxes.max()) <= 100
     for index in range(0, 1000, 97):
         x0, y0, x1, y1 = canvases.boxes[index].tolist()
         # Clutter is max-combined, so every digit pixel is still at least as bright on the canvas.

@@ -17,7 +17,7 @@ from models.preprocessing import to_model_input
 
 
 def make_folder(root: Path) -> None:
-    """Two classes a tiny CNN can tell apart: a bright square and a bright horizontal bar, at random places."""
+    """Two classes a tiny CNN tells apart: a bright square and a bright bar, at random places."""
     rng = np.random.default_rng(0)
     for name in ("bar", "square"):
         (root / name).mkdir(parents=True)
@@ -36,8 +36,8 @@ def test_trains_on_a_user_image_folder(tmp_path: Path) -> None:
     out = tmp_path / "model"
     train.main(
         ["--data", "folder", "--folder", str(tmp_path / "data"), "--image-size", "32", "--out", str(out),
-         "--epochs", "25", "--batch-size", "8", "--stages", "[[8,2],[16,2],[16,1]]", "--quiet", "--device", "cpu",
-         "--name", "shapes"]
+         "--epochs", "25", "--batch-size", "8", "--stages", "[[8,2],[16,2],[16,1]]", "--quiet",
+         "--device", "cpu", "--name", "shapes"]
     )  # fmt: skip
     model, card = load_model(out)
     assert card.name == "shapes"
