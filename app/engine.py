@@ -238,7 +238,11 @@ class InferenceEngine:
                         job.future.set_exception(exc)
                 continue
             for job, result in zip(jobs, results, strict=True):
-                if not job.future.done():
+                if job.future.done():
+                    continue
+                if isinstance(result, Overloaded):
+                    job.future.set_exception(result)
+                else:
                     job.future.set_result(result)
 
     def _take_batch(self) -> list[_Job]:
@@ -259,23 +263,42 @@ class InferenceEngine:
         return jobs
 
     # -- the inference thread ----------------------------------------------------------------------
-    def _run_jobs(self, jobs: list[_Job]) -> list[Prediction]:
+    def _run_jobs(self, jobs: list[_Job]) -> list[Prediction | Overloaded]:
         started = time.perf_counter()
         sizes = [(int(job.tensor.shape[-2]), int(job.tensor.shape[-1])) for job in jobs]
-        results: list[Prediction | None] = [None] * len(jobs)
+        results: list[Prediction | Overloaded | None] = [None] * len(jobs)
         for group in plan_groups(sizes, self.config.max_batch_pixels):
-            members = [jobs[i] for i in group]
-            predictions = self._forward(
-                [job.tensor for job in members],
-                [job.top_k for job in members],
-                [job.map_request for job in members],
-            )
+            predictions = self._forward_or_split([jobs[i] for i in group])
             for index, prediction in zip(group, predictions, strict=True):
                 results[index] = prediction
         self.metrics.batch_size.observe(len(jobs))
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         assert all(result is not None for result in results)
         return [result for result in results if result is not None]
+
+    def _forward_or_split(self, jobs: list[_Job]) -> list[Prediction | Overloaded]:
+        """Run the jobs; when the device runs out of memory, retry in halves, down to single images.
+
+        An image that does not fit alone gets :class:`Overloaded` (503); the thread and the rest of the
+        batch carry on.
+        """
+        try:
+            return list(
+                self._forward(
+                    [job.tensor for job in jobs],
+                    [job.top_k for job in jobs],
+                    [job.map_request for job in jobs],
+                )
+            )
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(jobs) == 1:
+                logger.warning("out of memory on a single image; answering 503")
+                return [Overloaded("out of device memory for this image; retry later", {"Retry-After": "1"})]
+            logger.warning("out of memory on a batch of %d; retrying in halves", len(jobs))
+            half = len(jobs) // 2
+            return self._forward_or_split(jobs[:half]) + self._forward_or_split(jobs[half:])
 
     @torch.inference_mode()
     def _forward(
