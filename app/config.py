@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty disables CORS."
     )
+    shutdown_drain_s: float = Field(
+        0.0, ge=0, le=300,
+        description="After SIGTERM, seconds to keep serving while /health/ready answers 503.",
+    )  # fmt: skip
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     torch_threads: int = Field(0, ge=0, description="Intra-op threads for the model; 0 means one per core.")
     decode_threads: int = Field(0, ge=0, description="Threads decoding and encoding images; 0 means cores.")

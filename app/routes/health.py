@@ -20,6 +20,6 @@ async def live() -> dict[str, str]:
 @router.get("/ready", response_model=HealthPublic, responses=error_responses(503))
 async def ready(request: Request) -> dict[str, str]:
     """200 once the model is loaded and warm; 503 before that and while shutting down."""
-    if not request.app.state.ready:
+    if not request.app.state.ready or request.app.state.draining:
         raise ModelNotReady("the model is not ready", headers={"Retry-After": "1"})
     return {"status": "ready"}
