@@ -21,10 +21,12 @@ from app.config import Settings, get_settings
 from app.engine import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
 from app.hotpath import HotPath
+from app.lifecycle import DeviceUnavailable, QuietStartupFailure, StartupFailed, drain_on_sigterm
 from app.metrics import Metrics, MetricsMiddleware
 from app.predictor import Limits, Predictor
 from app.routes import attention, health, metrics, models, predict
-from models.checkpoint import load_model
+from models.attention_net import AttentionNet
+from models.checkpoint import ModelArtifactError, ModelCard, load_model
 
 logger = logging.getLogger("glimpse")
 
@@ -40,7 +42,7 @@ _AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": 
 
 def choose_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("GLIMPSE_DEVICE=cuda but no CUDA device is available")
+        raise DeviceUnavailable("GLIMPSE_DEVICE=cuda but no CUDA device is available")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
@@ -54,6 +56,19 @@ def configure_torch(settings: Settings, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+async def load_or_fail(app: FastAPI, settings: Settings) -> tuple[AttentionNet, ModelCard, torch.device]:
+    """Choose the device and load the verified model, or log one line and raise :class:`StartupFailed`."""
+    try:
+        device = choose_device(settings.device)
+        configure_torch(settings, device)
+        model, card = await asyncio.to_thread(load_model, settings.model_dir, device)
+    except (ModelArtifactError, OSError, DeviceUnavailable) as exc:
+        logger.critical("startup failed: %s (GLIMPSE_MODEL_DIR=%s)", exc, settings.model_dir)
+        app.state.startup_failed = True
+        raise StartupFailed(str(exc)) from None
+    return model.fuse_for_inference(), card, device
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the artifact (hash-verified), choose the device, fuse BN, warm up; then mark ready."""
@@ -62,10 +77,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not logger.handlers and not logging.getLogger().handlers:  # uvicorn configures only its own loggers
         logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
     started = time.perf_counter()
-    device = choose_device(settings.device)
-    configure_torch(settings, device)
-    model, card = await asyncio.to_thread(load_model, settings.model_dir, device)
-    model.fuse_for_inference()
+    model, card, device = await load_or_fail(app, settings)
     engine_config = EngineConfig(
         max_batch_size=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,
@@ -93,9 +105,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         time.perf_counter() - started, card.name, card.version, device,
         settings.max_batch_size, settings.max_batch_delay_ms,
     )  # fmt: skip
+    restore_sigterm = drain_on_sigterm(app, settings.shutdown_drain_s)
     try:
         yield
     finally:
+        restore_sigterm()
         app.state.ready = False
         await engine.stop()
         pool.shutdown(wait=True)
@@ -122,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.predictor = None
     app.state.ready = False
+    app.state.draining = False
+    app.state.startup_failed = False
     install_error_handlers(app)
     app.add_middleware(HotPath)  # innermost: CORS and metrics wrap the hot path too
     if settings.cors_origins:
@@ -132,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(QuietStartupFailure)
     for module in (predict, attention, models, health, metrics):
         app.include_router(module.router)
     return app
