@@ -215,7 +215,7 @@ async def _from_multipart(request: Request, body: bytes) -> Upload:
 def _from_json(body: bytes) -> Upload:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # nesting: [[[[…
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
     try:
         parsed = ImagesRequest.model_validate(data)
