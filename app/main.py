@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.config import Settings, get_settings
+from app.docs import install_docs
 from app.engine import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
 from app.hotpath import HotPath
@@ -125,6 +126,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs with local assets (no CDN)
+        redoc_url=None,
         openapi_tags=[
             {"name": "inference", "description": "Predictions and attention maps."},
             {"name": "models", "description": "The served model."},
@@ -139,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False
     app.state.startup_failed = False
     install_error_handlers(app)
+    install_docs(app)
     app.add_middleware(HotPath)  # innermost: CORS and metrics wrap the hot path too
     if settings.cors_origins:
         app.add_middleware(
