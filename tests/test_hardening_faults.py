@@ -6,25 +6,17 @@ larger than it "has memory for", as a GPU would. Start-up faults start real uvic
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import httpx
 import pytest
 import torch
-from conftest import REPO_ROOT, free_port
 from torch import Tensor, nn
 
 from app.engine import EngineConfig, InferenceEngine, Prediction
 from app.errors import Overloaded
 from app.metrics import Metrics
 from models.attention_net import AttentionNet, AttentionOutput
-from models.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, load_model
+from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
 
 class OutOfMemoryAbove(nn.Module):
@@ -65,9 +57,7 @@ async def test_out_of_memory_batch_is_retried_in_halves() -> None:
         batch = images(8)
         results = await engine.predict(batch, top_k=3, map_request=None, deadline=time.perf_counter() + 30)
         fake.capacity = 8
-        alone = [
-            (await engine.predict([image], 3, None, time.perf_counter() + 30))[0] for image in batch
-        ]
+        alone = [(await engine.predict([image], 3, None, time.perf_counter() + 30))[0] for image in batch]
     finally:
         await engine.stop()
     assert fake.batch_sizes[:7] == [8, 4, 2, 2, 4, 2, 2]
