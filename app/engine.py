@@ -170,7 +170,14 @@ class InferenceEngine:
     # -- submission --------------------------------------------------------------------------------
     @contextmanager
     def expecting(self, count: int) -> Iterator[None]:
-        """Tell the batcher that ``count`` images are being decoded and will be submitted shortly."""
+        """Tell the batcher that ``count`` images are being decoded and will be submitted shortly.
+
+        Raises:
+            Overloaded: Queued plus decoding images would exceed the queue size: refused before any
+                decoding, so a burst far above capacity gets its 503s at once.
+        """
+        if len(self._queue) + self._incoming + count > self.config.max_queue_size:
+            raise Overloaded("the inference queue is full; retry shortly", headers={"Retry-After": "1"})
         self._incoming += count
         try:
             yield

@@ -79,3 +79,15 @@ async def test_image_that_never_fits_gets_503_and_the_worker_survives() -> None:
     finally:
         await engine.stop()
     assert isinstance(later, Prediction)
+
+
+def test_images_being_decoded_count_against_the_queue() -> None:
+    """A burst is refused on arrival, before its images are decoded, once queued + decoding is full."""
+    engine, _ = oom_engine(capacity=8)
+    engine.config = EngineConfig(max_queue_size=3)
+    with engine.expecting(2):
+        with pytest.raises(Overloaded), engine.expecting(2):
+            pass
+        with engine.expecting(1):
+            assert engine._incoming == 3
+    assert engine._incoming == 0
