@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest setup setup-dev evaluate container-test clean
+.PHONY: serve test lint typecheck pytest setup setup-dev evaluate container-test browser-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ container-test: setup-dev
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 		(apt-get update && apt-get install -y docker.io docker-compose debootstrap)
 	$(BIN)/pytest -m container
+
+# Drives Debian's Chromium through /docs ("Try it out" for both image endpoints); installs it when missing.
+browser-test: setup-dev
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+	$(BIN)/pytest -m browser
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
