@@ -1,0 +1,135 @@
+"""Overload, graceful shutdown and a quick soak, each against its own real uvicorn process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import numpy as np
+from conftest import png_bytes
+from serving import REPO_ROOT, running
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+def noise_png(side: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return png_bytes((rng.random((side, side)) ** 4 * 255).astype(np.uint8))
+
+
+async def burst(url: str, count: int, image: bytes) -> list[tuple[int, float, dict[str, str], Any]]:
+    """``count`` requests at once, each on its own connection: (status, seconds, headers, body)."""
+    limits = httpx.Limits(max_connections=count)
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def one() -> tuple[int, float, dict[str, str], Any]:
+            started = time.perf_counter()
+            response = await client.post("/predict", files={"file": ("a.png", image, "image/png")})
+            return (
+                response.status_code,
+                time.perf_counter() - started,
+                dict(response.headers),
+                response.json(),
+            )
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def test_burst_far_above_capacity_gets_fast_503s_and_loses_nothing() -> None:
+    env = {
+        "GLIMPSE_MAX_QUEUE_SIZE": "4",
+        "GLIMPSE_MAX_BATCH_SIZE": "2",
+        "GLIMPSE_MAX_IMAGES_PER_REQUEST": "4",
+        "GLIMPSE_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
+    }
+    sent = 300
+    with running(env) as server:
+        answers = asyncio.run(burst(server.url, sent, noise_png(192)))
+        ready_after = httpx.get(f"{server.url}/health/ready").status_code
+    statuses = Counter(status for status, *_ in answers)
+    refused = [(seconds, headers, body) for status, seconds, headers, body in answers if status == 503]
+    served = [seconds for status, seconds, *_ in answers if status == 200]
+    print(f"burst: sent {sent}, answered {len(answers)}, {dict(statuses)}")
+    print(
+        f"200 latency max {max(served):.2f} s; 503 latency median {np.median([r[0] for r in refused]):.3f} s"
+    )
+    assert len(answers) == sent
+    assert set(statuses) == {200, 503}
+    assert len(refused) > sent // 2  # far above capacity: most are refused …
+    assert len(served) >= 4  # … while the queue keeps serving
+    assert max(served) < REQUEST_TIMEOUT_S  # every accepted request finished within its deadline
+    for seconds, headers, body in refused:
+        assert headers["retry-after"] == "1"
+        assert body["error"]["code"] == "overloaded"
+        assert seconds < REQUEST_TIMEOUT_S
+    assert ready_after == 200
+
+
+def test_sigterm_under_load_drains_in_flight_requests_and_exits_0() -> None:
+    drain_s = 1.5
+    slow_image = noise_png(1024, seed=1)
+    fast_image = noise_png(96, seed=2)
+    results: list[tuple[str, int | str, float]] = []
+    stop = threading.Event()
+
+    def client_loop(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while not stop.is_set():
+                response = client.post("/predict", files={"file": ("a.png", fast_image, "image/png")})
+                results.append(("load", response.status_code, time.monotonic()))
+
+    def slow_request(url: str) -> None:
+        files = [("file", ("a.png", slow_image, "image/png"))] * 4
+        response = httpx.post(f"{url}/attention-map", params={"overlay": "true"}, files=files, timeout=60)
+        results.append(("slow", response.status_code, time.monotonic()))
+
+    with running({"GLIMPSE_SHUTDOWN_DRAIN_S": str(drain_s)}) as server:
+        workers = [threading.Thread(target=client_loop, args=(server.url,)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.5)
+        sigterm_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        readiness = []
+        while time.monotonic() < sigterm_at + drain_s - 0.4:
+            readiness.append(httpx.get(f"{server.url}/health/ready", timeout=5).status_code)
+            time.sleep(0.05)
+        stop.set()
+        # In flight when the drain ends and uvicorn starts shutting down:
+        slow = [threading.Thread(target=slow_request, args=(server.url,)) for _ in range(2)]
+        for thread in [*slow]:
+            thread.start()
+        for thread in [*workers, *slow]:
+            thread.join(timeout=60)
+        exit_code = server.process.wait(timeout=30)
+        output = server.output()
+    assert readiness
+    assert set(readiness) == {503}, readiness
+    assert all(status == 200 for _, status, _ in results), results
+    slow_done = [at for kind, _, at in results if kind == "slow"]
+    assert len(slow_done) == 2
+    assert max(slow_done) > sigterm_at + drain_s  # they were still running when shutdown began
+    assert sum(kind == "load" for kind, _, _ in results) > 10
+    assert exit_code == 0, output
+
+
+def test_quick_soak_has_no_errors_and_flat_memory() -> None:
+    """3,000 mixed requests through scripts/soak.py (the README's long run uses 100,000)."""
+    command = [sys.executable, "scripts/soak.py", "--requests", "3000", "--warmup", "1000"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    summary = json.loads(completed.stdout)
+    print({k: v for k, v in summary.items() if k != "rss_samples_mib"})
+    assert summary["requests"] == 3000
+    assert summary["unexpected"] == 0, summary["unexpected_examples"]
+    assert summary["rss_drift_pct"] < 5.0
+    assert summary["server_exit_code"] == 0
+    assert completed.returncode == 0
