@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
@@ -110,6 +111,34 @@ def _statistics(
     mean: tuple[float, ...], std: tuple[float, ...]
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+
+
+def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride: int) -> Tensor:
+    """:func:`models.attention_net.upsample_to_input` for one (h, w) map, with the sampling grid cached.
+
+    Building the sampling grid costs several times the resampling itself at these sizes; the grid
+    depends only on the shapes, so it is built once per shape (``tests/test_app_hotpath.py`` checks
+    that the result is bitwise the model's).
+    """
+    sample_grid = _sample_grid(grid.shape[-2], grid.shape[-1], input_height, input_width, stride)
+    sampled = F.grid_sample(
+        grid.view(1, 1, *grid.shape[-2:]).float(),
+        sample_grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )
+    return sampled.view(input_height, input_width)
+
+
+@functools.lru_cache(maxsize=256)
+def _sample_grid(height: int, width: int, input_height: int, input_width: int, stride: int) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        ys = torch.arange(input_height, dtype=torch.float32) / stride
+        xs = torch.arange(input_width, dtype=torch.float32) / stride
+        ny = ys / max(height - 1, 1) * 2 - 1 if height > 1 else torch.zeros_like(ys)
+        nx = xs / max(width - 1, 1) * 2 - 1 if width > 1 else torch.zeros_like(xs)
+        return torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1).unsqueeze(0)
 
 
 def heatmap_to_uint8(heatmap: NDArray[np.float32]) -> NDArray[np.uint8]:

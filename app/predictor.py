@@ -20,8 +20,15 @@ import torch
 
 from app.engine import InferenceEngine, MapKind, MapRequest, Prediction
 from app.errors import DeadlineExceeded, InvalidParameter
-from app.imaging import Colormap, DecodedImage, decode_image, encode_png, heatmap_to_uint8, overlay
-from models.attention_net import upsample_to_input
+from app.imaging import (
+    Colormap,
+    DecodedImage,
+    decode_image,
+    encode_png,
+    heatmap_to_uint8,
+    overlay,
+    upsample_to_input,
+)
 from models.checkpoint import ModelCard
 
 T = TypeVar("T")
@@ -134,7 +141,7 @@ class Predictor:
         assert prediction.target is not None
         grid = prediction.grid
         shown = grid.clamp(min=0) if options.kind == "evidence" else grid
-        upsampled = upsample_to_input(shown.unsqueeze(0), decoded.height, decoded.width, self.stride)[0]
+        upsampled = upsample_to_input(shown, decoded.height, decoded.width, self.stride)
         heat = heatmap_to_uint8(upsampled.numpy())
         blended = None
         if options.colormap is not None:

@@ -12,7 +12,8 @@ import torch
 from conftest import b64
 from PIL import Image
 
-from app.imaging import normalise
+from app.imaging import normalise, upsample_to_input
+from models.attention_net import upsample_to_input as model_upsample
 from models.checkpoint import Preprocessing
 from models.preprocessing import to_model_input
 
@@ -75,3 +76,16 @@ def test_normalise_is_bitwise_the_models_preprocessing(color_mode: str, mode: st
     if mode == "P":
         image = image.convert("P")
     assert torch.equal(normalise(image, spec), to_model_input(image, spec))
+
+
+@pytest.mark.parametrize(
+    ("grid_size", "image_size"), [((15, 15), (60, 60)), ((1, 7), (3, 27)), ((9, 4), (33, 14))]
+)
+def test_cached_upsampling_is_bitwise_the_models(
+    grid_size: tuple[int, int], image_size: tuple[int, int]
+) -> None:
+    grid = torch.rand(*grid_size)
+    ours = upsample_to_input(grid, *image_size, 4)
+    assert torch.equal(ours, model_upsample(grid.unsqueeze(0), *image_size, 4)[0])
+    with torch.inference_mode():  # the cached grid is made outside inference mode, usable in both
+        assert torch.equal(upsample_to_input(grid, *image_size, 4), ours)
