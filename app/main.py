@@ -64,7 +64,8 @@ async def load_or_fail(app: FastAPI, settings: Settings) -> tuple[AttentionNet, 
         configure_torch(settings, device)
         model, card = await asyncio.to_thread(load_model, settings.model_dir, device)
     except (ModelArtifactError, OSError, DeviceUnavailable) as exc:
-        logger.critical("startup failed: %s (GLIMPSE_MODEL_DIR=%s)", exc, settings.model_dir)
+        reason = " ".join(str(exc).split())  # one line, even for torch's multi-line state_dict errors
+        logger.critical("startup failed: %s (GLIMPSE_MODEL_DIR=%s)", reason, settings.model_dir)
         app.state.startup_failed = True
         raise StartupFailed(str(exc)) from None
     return model.fuse_for_inference(), card, device

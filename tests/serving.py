@@ -31,7 +31,10 @@ class Server:
 
     def output(self) -> str:
         """Everything the process printed; waits for it to exit."""
-        out, _ = self.process.communicate(timeout=30)
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            out = self.process.stdout.read()
+        self.process.wait(timeout=30)
         return out.decode(errors="replace")
 
 

@@ -6,17 +6,23 @@ larger than it "has memory for", as a GPU would. Start-up faults start real uvic
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from serving import launch
 from torch import Tensor, nn
 
 from app.engine import EngineConfig, InferenceEngine, Prediction
 from app.errors import Overloaded
 from app.metrics import Metrics
 from models.attention_net import AttentionNet, AttentionOutput
-from models.checkpoint import DEFAULT_MODEL_DIR, load_model
+from models.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, load_model, sha256_of
 
 
 class OutOfMemoryAbove(nn.Module):
@@ -91,3 +97,64 @@ def test_images_being_decoded_count_against_the_queue() -> None:
         with engine.expecting(1):
             assert engine._incoming == 3
     assert engine._incoming == 0
+
+
+def _copy_model(tmp_path: Path) -> Path:
+    directory = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, directory)
+    return directory
+
+
+def _edit_card(directory: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    card = json.loads((directory / CARD_FILE).read_text())
+    edit(card)
+    (directory / CARD_FILE).write_text(json.dumps(card))
+
+
+def _truncate_and_rehash(directory: Path) -> None:
+    weights = directory / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+    _edit_card(directory, lambda card: card["weights"].update(sha256=sha256_of(weights)))
+
+
+def _flip_a_byte(directory: Path) -> None:
+    weights = directory / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+BROKEN_MODELS: dict[str, Callable[[Path], None]] = {
+    "missing directory": lambda d: shutil.rmtree(d),
+    "missing weights": lambda d: (d / WEIGHTS_FILE).unlink(),
+    "missing card": lambda d: (d / CARD_FILE).unlink(),
+    "truncated weights": lambda d: (d / WEIGHTS_FILE).write_bytes((d / WEIGHTS_FILE).read_bytes()[:1000]),
+    "truncated weights, card rehashed": _truncate_and_rehash,
+    "tampered weights": _flip_a_byte,
+    "card not JSON": lambda d: (d / CARD_FILE).write_text("{ not json"),
+    "card architecture differs": lambda d: _edit_card(d, lambda c: c["config"].update(stages=[[32, 2]])),
+    "card has 9 labels": lambda d: _edit_card(d, lambda c: c["labels"].pop()),
+    "card is an old format": lambda d: _edit_card(d, lambda c: c.update(format="glimpse-model-card/0")),
+}
+
+
+def test_broken_models_stop_startup_with_one_clear_line(tmp_path: Path) -> None:
+    """Every broken copy: non-zero exit, exactly one 'startup failed' line, no traceback, never ready."""
+    launched = {}
+    for index, (name, breakage) in enumerate(BROKEN_MODELS.items()):
+        directory = _copy_model(tmp_path / str(index))
+        breakage(directory)
+        launched[name] = launch({"GLIMPSE_MODEL_DIR": str(directory)})
+    launched["GLIMPSE_DEVICE=cuda without CUDA"] = launch({"GLIMPSE_DEVICE": "cuda"})
+    answers = {name: (server.process.wait(timeout=120), server.output()) for name, server in launched.items()}
+    for name, (exit_code, output) in answers.items():
+        lines = [line for line in output.splitlines() if "glimpse: startup failed" in line]
+        assert exit_code != 0, f"{name}: exited {exit_code}"
+        assert len(lines) == 1, f"{name}:\n{output}"
+        others = [line for line in output.splitlines() if line and not line.startswith("INFO:")]
+        assert others == [lines[0], "ERROR:    Application startup failed. Exiting."], others
+        assert lines[0].startswith("CRITICAL:"), lines[0]
+        assert "Traceback" not in output, f"{name}:\n{output}"
+        assert "Application startup complete" not in output
+        assert "Uvicorn running on" not in output, f"{name}: the server listened:\n{output}"
+        print(f"{name}: exit {exit_code}: {lines[0]}")
