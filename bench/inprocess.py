@@ -1,0 +1,159 @@
+"""In-process figures, no HTTP: the ceiling (decode → forward → encode) and Grad-CAM's cost per map.
+
+Prints one JSON object. ``--model-dir`` and ``--image`` pick the model and the request image;
+``--device cuda`` runs the forward passes on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+
+from app.engine import EngineConfig, InferenceEngine, MapRequest
+from app.imaging import decode_image
+from app.metrics import Metrics
+from app.predictor import Limits, MapOptions, Predictor
+from models.attention_net import AttentionNet, upsample_to_input
+from models.checkpoint import DEFAULT_MODEL_DIR, load_model
+
+
+def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, attention: bool) -> float:
+    """Images per second through decode → batched forward → JSON (and the PNG map), one thread."""
+    engine, card = predictor.engine, predictor.card
+    options = MapOptions("evidence", None, None, False)
+    request = MapRequest("evidence") if attention else None
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or done == 0:
+        decoded = [decode_image(data, card.preprocessing, 1 << 26, 16) for _ in range(batch)]
+        predictions = engine._forward([d.tensor for d in decoded], [5] * batch, [request] * batch)
+        for image, prediction in zip(decoded, predictions, strict=True):
+            if attention:
+                orjson.dumps(predictor._render(image, prediction, options))
+            else:
+                orjson.dumps(
+                    {"model": predictor.model_ref, "predictions": predictor._predictions(prediction)}
+                )
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def raw_forward(model: AttentionNet, x: torch.Tensor, seconds: float) -> float:
+    """Images per second of the bare batched forward pass on a ready tensor."""
+    with torch.inference_mode():
+        model(x)
+        _sync(x.device)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model(x)
+            done += x.shape[0]
+        _sync(x.device)
+    return done / (time.perf_counter() - started)
+
+
+def grad_cam(model: AttentionNet, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) on the last backbone features: one forward, one backward."""
+    features, mask = model.forward_features(x.requires_grad_(False))
+    features.retain_grad()
+    logits, _, _ = model.forward_head(features, mask)
+    logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    assert features.grad is not None
+    weights = features.grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * features).sum(1)).detach()
+    return upsample_to_input(cam, x.shape[-2], x.shape[-1], stride)
+
+
+def map_cost(
+    predictor: Predictor, model: AttentionNet, data: bytes, batch: int, seconds: float
+) -> dict[str, float]:
+    """Seconds per map at ``batch`` images: our map (forward + render) vs Grad-CAM (+ the same render)."""
+    card, engine = predictor.card, predictor.engine
+    decoded = [decode_image(data, card.preprocessing, 1 << 26, 16) for _ in range(batch)]
+    options = MapOptions("evidence", None, None, False)
+
+    def ours() -> None:
+        predictions = engine._forward(
+            [d.tensor for d in decoded], [5] * batch, [MapRequest("evidence")] * batch
+        )
+        for image, prediction in zip(decoded, predictions, strict=True):
+            predictor._render(image, prediction, options)
+
+    def gradcam() -> None:
+        x = torch.stack([d.tensor for d in decoded]).to(engine.device)
+        maps = grad_cam(model, x, card.config.feature_stride).cpu()
+        for image, grid in zip(decoded, maps, strict=True):  # same PNG work as ours, on the full-size map
+            predictor._render(image, _as_prediction(grid), options)
+
+    return {
+        "attention_map_s": _per_image(ours, batch, seconds),
+        "grad_cam_s": _per_image(gradcam, batch, seconds),
+    }
+
+
+def _as_prediction(grid: torch.Tensor) -> Any:
+    from app.engine import Prediction
+
+    return Prediction([0], [1.0], 0, grid)
+
+
+def _per_image(function: Any, batch: int, seconds: float) -> float:
+    function()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or done == 0:
+        function()
+        done += batch
+    return (time.perf_counter() - started) / done
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--image", type=Path, default=Path(__file__).with_name("canvas60.png"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    data = args.image.read_bytes()
+    model, card = load_model(args.model_dir, device)
+    model.fuse_for_inference()
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    engine = InferenceEngine(model, device, EngineConfig(max_batch_size=args.batch, amp_dtype=amp), Metrics())
+    predictor = Predictor(engine, card, Limits(1 << 26, 16, 10.0), pool=None)  # type: ignore[arg-type]
+    decoded = decode_image(data, card.preprocessing, 1 << 26, 16)
+    x = torch.stack([decoded.tensor] * args.batch).to(device).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        raw = raw_forward(engine.model, x, args.seconds)
+    result: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "raw_forward_images_per_s": raw,
+        "ceiling_predict_images_per_s": ceiling(predictor, data, args.batch, args.seconds, attention=False),
+        "ceiling_attention_images_per_s": ceiling(predictor, data, args.batch, args.seconds, attention=True),
+    }
+    grad_model, _ = load_model(args.model_dir, device)  # unfused, eval mode, gradients on
+    grad_model.fuse_for_inference()
+    for batch in (1, args.batch):
+        costs = map_cost(predictor, grad_model, data, batch, args.seconds / 2)
+        result[f"map_cost_batch{batch}"] = {
+            **costs,
+            "grad_cam_over_ours": costs["grad_cam_s"] / costs["attention_map_s"],
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""The side-by-side benchmark: Glimpse, a naive FastAPI endpoint and TorchServe 0.12 under wrk, plus
+the in-process ceiling and Grad-CAM's cost, in one run on one machine.
+
+    python -m bench.run                       # CPU: concurrency 1 4 16 64, both endpoints, all servers
+    python -m bench.run --device cuda --concurrency 256 --endpoints /predict --large   # the GPU host
+
+Writes bench/results/<stamp>-<host>-<device>.json (machine, command, every figure) and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PY = sys.executable
+TS_VENV = Path(os.environ.get("GLIMPSE_TS_VENV", BENCH / ".venv-ts"))
+
+
+def wrk(url: str, connections: int, seconds: int, threads: int, image: Path) -> dict[str, Any]:
+    command = [
+        "wrk",
+        "-s",
+        str(BENCH / "wrk" / "multipart.lua"),
+        f"-c{connections}",
+        f"-t{min(threads, connections)}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        url,
+    ]
+    out = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "IMAGE": str(image)}
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    errors = sum(raw[k] for k in raw if k.startswith("errors_"))
+    return {
+        "concurrency": connections,
+        "requests_per_s": raw["requests"] / (raw["duration_us"] / 1e6),
+        **{f"{p}_ms": raw[f"{p}_us"] / 1000 for p in ("p50", "p95", "p99", "max")},
+        "errors": errors,
+        "raw": raw,
+    }
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} not ready in {timeout_s} s")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (TorchServe's workers), in MiB."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    while children.exists() and pids:
+        found = []
+        for p in pids:
+            path = Path(f"/proc/{p}/task/{p}/children")
+            found += [int(c) for c in path.read_text().split()] if path.exists() else []
+        new = [p for p in found if p not in pids]
+        if not new:
+            break
+        pids += new
+    total = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def load(
+    name: str, base: str, paths: dict[str, str], args: argparse.Namespace, image: Path
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for endpoint, path in paths.items():
+        wrk(base + path, max(args.concurrency), 2, args.wrk_threads, image)  # warm the path
+        runs[endpoint] = []
+        for connections in args.concurrency:
+            run = wrk(base + path, connections, args.duration, args.wrk_threads, image)
+            print(
+                f"  {name:10s} {endpoint:15s} c={connections:<4d} {run['requests_per_s']:8.0f} req/s  "
+                f"p50 {run['p50_ms']:7.1f}  p99 {run['p99_ms']:7.1f} ms  errors {run['errors']}",
+                flush=True,
+            )
+            runs[endpoint].append(run)
+    return runs
+
+
+def serve_glimpse(args: argparse.Namespace, env: dict[str, str], image: Path, port: int) -> dict[str, Any]:
+    command = [
+        PY,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--workers",
+        str(args.workers),
+    ]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
+    try:
+        ready_s = wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
+        rss = rss_mib(process.pid)
+        runs = load(
+            "glimpse",
+            f"http://127.0.0.1:{port}",
+            {"/predict": "/predict", "/attention-map": "/attention-map"}
+            if "/attention-map" in args.endpoints
+            else {"/predict": "/predict"},
+            args,
+            image,
+        )
+        return {
+            "command": " ".join(command),
+            "env": env,
+            "ready_s": ready_s,
+            "rss_mib_after_ready": rss,
+            "rss_mib_after_load": rss_mib(process.pid),
+            "runs": runs,
+            "spawn_to_ready_s": time.perf_counter() - started - 0,
+        }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+def serve_naive(args: argparse.Namespace, image: Path, port: int) -> dict[str, Any]:
+    command = [PY, "-m", "uvicorn", "bench.naive_server:app", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT)
+    try:
+        ready_s = wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
+        paths = {e: e for e in args.endpoints}
+        return {
+            "command": " ".join(command),
+            "ready_s": ready_s,
+            "rss_mib_after_ready": rss_mib(process.pid),
+            "runs": load("naive", f"http://127.0.0.1:{port}", paths, args, image),
+        }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+def serve_torchserve(args: argparse.Namespace, model_dir: Path, image: Path, port: int) -> dict[str, Any]:
+    work = BENCH / "results" / "tmp" / "torchserve"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "store").mkdir(parents=True)
+    bin_dir = TS_VENV / "bin"
+    subprocess.run(
+        [
+            str(bin_dir / "torch-model-archiver"),
+            "--model-name",
+            "glimpse",
+            "--version",
+            "1.0",
+            "--handler",
+            str(BENCH / "torchserve" / "handler.py"),
+            "--extra-files",
+            f"{model_dir / 'card.json'},{model_dir / 'model.safetensors'}",
+            "--export-path",
+            str(work / "store"),
+            "--force",
+        ],
+        check=True,
+    )
+    config = (BENCH / "torchserve" / "config.properties.in").read_text()
+    for key, value in {
+        "PORT": port,
+        "MPORT": port + 1,
+        "XPORT": port + 2,
+        "WORKERS": args.ts_workers,
+        "BATCH": args.ts_batch,
+        "DELAY": args.ts_delay_ms,
+        "STORE": work / "store",
+    }.items():
+        config = config.replace(f"@{key}@", str(value))
+    (work / "config.properties").write_text(config)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "GLIMPSE_TS_THREADS": str(args.ts_threads),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "LOG_LOCATION": str(work / "logs"),
+        "METRICS_LOCATION": str(work / "logs"),
+    }
+    command = [
+        str(bin_dir / "torchserve"),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--disable-token-auth",
+        "--ts-config",
+        str(work / "config.properties"),
+        "--model-store",
+        str(work / "store"),
+    ]
+    process = subprocess.Popen(
+        command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        started = time.perf_counter()
+        wait_ready(f"http://127.0.0.1:{port + 1}/models/glimpse", process)
+        base = f"http://127.0.0.1:{port}"
+        while time.perf_counter() - started < 120:  # the model is registered before its workers are up
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port + 1}/models/glimpse", timeout=2) as r:
+                    workers = json.loads(r.read())[0]["workers"]
+                if len(workers) == args.ts_workers and all(w["status"] == "READY" for w in workers):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("TorchServe workers not ready in 120 s; see bench/results/tmp/torchserve/logs")
+        ready_s = time.perf_counter() - started
+        paths = {"/predict": "/predictions/glimpse"}
+        if "/attention-map" in args.endpoints:
+            paths["/attention-map"] = "/explanations/glimpse"
+        config_text = {
+            "workers": args.ts_workers,
+            "batch_size": args.ts_batch,
+            "max_batch_delay_ms": args.ts_delay_ms,
+            "torch_threads_per_worker": args.ts_threads,
+        }
+        return {
+            "command": " ".join(command),
+            "config": config_text,
+            "ready_s": ready_s,
+            "rss_mib_after_ready": rss_mib(process.pid),
+            "runs": load("torchserve", base, paths, args, image),
+        }
+    finally:
+        subprocess.run([str(bin_dir / "torchserve"), "--stop"], env=env, capture_output=True)
+        process.wait(60)
+
+
+def in_process(args: argparse.Namespace, model_dir: Path, image: Path, batch: int) -> dict[str, Any]:
+    command = [
+        PY,
+        "-m",
+        "bench.inprocess",
+        "--model-dir",
+        str(model_dir),
+        "--image",
+        str(image),
+        "--device",
+        args.device,
+        "--batch",
+        str(batch),
+    ]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    print(f"  in-process {json.dumps(result)}", flush=True)
+    return {"command": " ".join(command), **result}
+
+
+def large_model(directory: Path) -> tuple[Path, Path]:
+    """A 224×224 RGB configuration of the same architecture with random weights, and a request image."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from models.attention_net import AttentionNet, AttentionNetConfig
+    from models.checkpoint import ModelCard, Preprocessing, save_model
+
+    torch.manual_seed(0)
+    config = AttentionNetConfig(
+        in_channels=3, num_classes=1000, stages=((32, 2), (64, 2), (128, 2), (128, 1), (256, 2), (256, 1))
+    )
+    card = ModelCard(
+        "glimpse-random-224",
+        "0.0.0",
+        config,
+        [str(i) for i in range(1000)],
+        Preprocessing("RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    )
+    save_model(AttentionNet(config).eval(), card, directory)
+    image = directory / "random224.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(image)
+    return directory, image
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": len(os.sched_getaffinity(0)),
+    }
+    try:
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        info["load_average_at_start"] = os.getloadavg()
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+        info["wrk"] = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (StopIteration, OSError, IndexError):
+        pass
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--endpoints", nargs="+", default=["/predict", "/attention-map"])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["glimpse", "naive", "torchserve"],
+        help="glimpse, glimpse:GLIMPSE_SETTING=value,... (a variant), naive, torchserve",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for Glimpse")
+    parser.add_argument("--glimpse-env", nargs="*", default=[], help="extra GLIMPSE_*=value settings")
+    parser.add_argument("--ts-workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--ts-batch", type=int, default=16)
+    parser.add_argument("--ts-delay-ms", type=int, default=5)
+    parser.add_argument("--ts-threads", type=int, default=1)
+    parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--large", action="store_true", help="also serve the 224² RGB configuration")
+    parser.add_argument("--out", type=Path, default=BENCH / "results")
+    args = parser.parse_args()
+    image = BENCH / "canvas60.png"
+    from models.checkpoint import DEFAULT_MODEL_DIR
+
+    env = {"GLIMPSE_DEVICE": args.device, **dict(kv.split("=", 1) for kv in args.glimpse_env)}
+    result: dict[str, Any] = {
+        "command": " ".join(["python", "-m", "bench.run", *sys.argv[1:]]),
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "servers": {},
+    }
+    print(f"machine: {result['machine']}", flush=True)
+    batch = int(env.get("GLIMPSE_MAX_BATCH_SIZE", 32))
+    if not args.skip_in_process:
+        result["in_process"] = in_process(args, DEFAULT_MODEL_DIR, image, batch)
+    port = 8300
+    for server in args.servers:
+        if server.startswith("glimpse"):  # glimpse:GLIMPSE_X=1,GLIMPSE_Y=2 runs a variant
+            variant = dict(kv.split("=", 1) for kv in server.partition(":")[2].split(",") if kv)
+            result["servers"][server] = serve_glimpse(args, {**env, **variant}, image, port)
+            port += 1
+        elif server == "naive":
+            result["servers"]["naive"] = serve_naive(args, image, port + 10)
+        elif server == "torchserve":
+            result["servers"]["torchserve"] = serve_torchserve(args, DEFAULT_MODEL_DIR, image, port + 20)
+    if args.large:
+        model_dir, large_image = large_model(BENCH / "results" / "tmp" / "large")
+        large_env = {**env, "GLIMPSE_MODEL_DIR": str(model_dir), "GLIMPSE_WARMUP_IMAGE_SIZE": "224"}
+        result["large"] = {
+            "in_process": in_process(args, model_dir, large_image, batch),
+            "glimpse": serve_glimpse(args, large_env, large_image, port + 40),
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{args.device}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    try:
+        from bench.plot import plot
+
+        plot(result, args.out / f"{stem}.png")
+    except ImportError:  # matplotlib is in the bench extra; the GPU host may lack it
+        print("no matplotlib: plot skipped (python -m bench.plot RESULT.json makes it later)")
+    print(f"wrote {args.out / stem}.json and .png", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One command for the CPU benchmark: bash bench/run.sh [bench.run arguments]
+# Needs wrk (Debian: apt-get install wrk), the project venv with the bench extra
+# (.venv/bin/pip install -e '.[bench]'), and TorchServe in its own venv, made here on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+if [[ ! -x bench/.venv-ts/bin/torchserve ]]; then
+  python3 -m venv bench/.venv-ts
+  bench/.venv-ts/bin/pip install -q -r bench/requirements-torchserve.txt
+fi
+exec .venv/bin/python -m bench.run "$@"

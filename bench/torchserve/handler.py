@@ -1,0 +1,75 @@
+"""TorchServe 0.12 handler for the Glimpse model: the same safetensors weights, loaded through models/.
+
+/predictions answers the top-5 classes; /explanations answers the same attention (evidence) heatmap as
+Glimpse's /attention-map: a base64 grayscale PNG of the input's size, from the same forward pass.
+Images of one size are stacked into one forward pass per TorchServe batch (the benchmark sends one size).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from ts.torch_handler.base_handler import BaseHandler
+
+from models.attention_net import upsample_to_input
+from models.checkpoint import load_model
+from models.preprocessing import to_model_input
+
+
+class GlimpseHandler(BaseHandler):  # type: ignore[misc]
+    def initialize(self, context: Any) -> None:
+        torch.set_num_threads(int(os.environ.get("GLIMPSE_TS_THREADS", "1")))
+        properties = context.system_properties
+        gpu = properties.get("gpu_id")
+        self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
+        self.model, self.card = load_model(Path(properties["model_dir"]), self.device)
+        self.model.fuse_for_inference()
+        self.initialized = True
+
+    def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor]:
+        images = []
+        for row in data:
+            payload = row.get("file") or row.get("data") or row.get("body")
+            image = Image.open(io.BytesIO(payload))
+            image.load()
+            images.append(to_model_input(image, self.card.preprocessing))
+        return images
+
+    @torch.inference_mode()
+    def inference(self, data: list[torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        return self.model(torch.stack(data).to(self.device))
+
+    def postprocess(self, output: Any) -> list[dict[str, Any]]:
+        scores, indices = torch.softmax(output.logits.float(), dim=1).topk(5, dim=1)
+        labels = self.card.labels
+        return [
+            {
+                "predictions": [
+                    {"label": labels[i], "index": i, "score": s} for i, s in zip(idx, sc, strict=True)
+                ]
+            }
+            for idx, sc in zip(indices.cpu().tolist(), scores.cpu().tolist(), strict=True)
+        ]
+
+    @torch.inference_mode()
+    def explain_handle(self, data_preprocess: list[torch.Tensor], raw_data: Any) -> list[dict[str, Any]]:
+        output = self.inference(data_preprocess)
+        results = self.postprocess(output)
+        evidence = output.evidence(output.logits.argmax(dim=1)).float().cpu()
+        stride = self.card.config.feature_stride
+        for result, grid, tensor in zip(results, evidence, data_preprocess, strict=True):
+            height, width = tensor.shape[-2:]
+            heat = upsample_to_input(grid.clamp(min=0).unsqueeze(0), height, width, stride)[0].numpy()
+            peak = float(heat.max())
+            scaled = np.rint(heat * (255.0 / peak)) if peak > 0 else np.zeros_like(heat)
+            buffer = io.BytesIO()
+            Image.fromarray(scaled.astype(np.uint8), mode="L").save(buffer, format="PNG", compress_level=1)
+            result["heatmap"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return results
