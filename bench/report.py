@@ -23,32 +23,39 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def ratios(result: dict[str, Any]) -> dict[str, float]:
-    """The issue's targets: Glimpse over TorchServe at c=16, over the ceiling, maps over predictions."""
+def ratios(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The issue's targets for each Glimpse variant: over TorchServe at c=16, over the ceiling, maps."""
     servers = result["servers"]
 
     def run(server: str, endpoint: str, concurrency: int) -> dict[str, Any]:
         return next(r for r in servers[server]["runs"][endpoint] if r["concurrency"] == concurrency)
 
-    out: dict[str, float] = {}
-    glimpse = servers["glimpse"]["runs"]
-    best = max(glimpse["/predict"], key=lambda r: r["requests_per_s"])
-    if "in_process" in result:
-        out["best_predict_over_ceiling"] = (
-            best["requests_per_s"] / result["in_process"]["ceiling_predict_images_per_s"]
-        )
-    if "/attention-map" in glimpse:
-        best_map = max(r["requests_per_s"] for r in glimpse["/attention-map"])
-        out["best_attention_over_best_predict"] = best_map / best["requests_per_s"]
-    if "torchserve" in servers:
-        ours, theirs = run("glimpse", "/predict", 16), run("torchserve", "/predict", 16)
-        out["c16_predict_rps_over_torchserve"] = ours["requests_per_s"] / theirs["requests_per_s"]
-        out["c16_predict_p99_over_torchserve"] = ours["p99_ms"] / theirs["p99_ms"]
+    out: dict[str, dict[str, float]] = {}
+    for name in (s for s in servers if s.startswith("glimpse")):
+        glimpse, figures = servers[name]["runs"], {}
+        best = max(glimpse["/predict"], key=lambda r: r["requests_per_s"])
+        if "in_process" in result:
+            ceiling = result["in_process"]["ceiling_predict_images_per_s"]
+            figures["best_predict_over_ceiling"] = best["requests_per_s"] / ceiling
         if "/attention-map" in glimpse:
-            ours, theirs = run("glimpse", "/attention-map", 16), run("torchserve", "/attention-map", 16)
-            out["c16_attention_rps_over_torchserve_explanations"] = (
-                ours["requests_per_s"] / theirs["requests_per_s"]
+            best_map = max(r["requests_per_s"] for r in glimpse["/attention-map"])
+            figures["best_attention_over_best_predict"] = best_map / best["requests_per_s"]
+            figures["c16_attention_over_c16_predict"] = (
+                run(name, "/attention-map", 16)["requests_per_s"]
+                / run(name, "/predict", 16)["requests_per_s"]
             )
+        if "torchserve" in servers:
+            for endpoint in glimpse:
+                ours, theirs = run(name, endpoint, 16), run("torchserve", endpoint, 16)
+                figures[f"c16{endpoint}_rps_over_torchserve"] = (
+                    ours["requests_per_s"] / theirs["requests_per_s"]
+                )
+                figures[f"c16{endpoint}_p99_over_torchserve"] = ours["p99_ms"] / theirs["p99_ms"]
+                ours, theirs = run(name, endpoint, 64), run("torchserve", endpoint, 64)
+                figures[f"c64{endpoint}_rps_over_torchserve"] = (
+                    ours["requests_per_s"] / theirs["requests_per_s"]
+                )
+        out[name] = figures
     return out
 
 

@@ -52,6 +52,7 @@ def wrk(url: str, connections: int, seconds: int, threads: int, image: Path) -> 
         "requests_per_s": raw["requests"] / (raw["duration_us"] / 1e6),
         **{f"{p}_ms": raw[f"{p}_us"] / 1000 for p in ("p50", "p95", "p99", "max")},
         "errors": errors,
+        "load_average_after": os.getloadavg(),  # the machine is shared: judge the figure by this too
         "raw": raw,
     }
 
@@ -110,7 +111,9 @@ def load(
     return runs
 
 
-def serve_glimpse(args: argparse.Namespace, env: dict[str, str], image: Path, port: int) -> dict[str, Any]:
+def serve_glimpse(
+    args: argparse.Namespace, env: dict[str, str], image: Path, port: int, workers: int = 1
+) -> dict[str, Any]:
     command = [
         PY,
         "-m",
@@ -121,7 +124,7 @@ def serve_glimpse(args: argparse.Namespace, env: dict[str, str], image: Path, po
         "--log-level",
         "warning",
         "--workers",
-        str(args.workers),
+        str(workers),
     ]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
@@ -373,9 +376,10 @@ def main() -> None:
         result["in_process"] = in_process(args, DEFAULT_MODEL_DIR, image, batch)
     port = 8300
     for server in args.servers:
-        if server.startswith("glimpse"):  # glimpse:GLIMPSE_X=1,GLIMPSE_Y=2 runs a variant
+        if server.startswith("glimpse"):  # glimpse:WORKERS=2,GLIMPSE_X=1 runs a variant
             variant = dict(kv.split("=", 1) for kv in server.partition(":")[2].split(",") if kv)
-            result["servers"][server] = serve_glimpse(args, {**env, **variant}, image, port)
+            workers = int(variant.pop("WORKERS", args.workers))
+            result["servers"][server] = serve_glimpse(args, {**env, **variant}, image, port, workers)
             port += 1
         elif server == "naive":
             result["servers"]["naive"] = serve_naive(args, image, port + 10)
@@ -386,7 +390,7 @@ def main() -> None:
         large_env = {**env, "GLIMPSE_MODEL_DIR": str(model_dir), "GLIMPSE_WARMUP_IMAGE_SIZE": "224"}
         result["large"] = {
             "in_process": in_process(args, model_dir, large_image, batch),
-            "glimpse": serve_glimpse(args, large_env, large_image, port + 40),
+            "glimpse": serve_glimpse(args, large_env, large_image, port + 40, args.workers),
         }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{args.device}"
