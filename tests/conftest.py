@@ -89,6 +89,9 @@ def server() -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
     env.update({"GLIMPSE_API_KEYS": E2E_API_KEY, "GLIMPSE_LOG_LEVEL": "warning", **E2E_LIMITS})
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    # No access log: nobody reads the pipe while the server runs, and once its 64 kB fill up every
+    # write blocks the event loop (the fuzz tests' long URLs did that within a few hundred requests).
+    command.append("--no-access-log")
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
