@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class Server:
     process: subprocess.Popen[bytes]
     url: str
+    log: tempfile._TemporaryFileWrapper[bytes]
 
     def rss_kib(self) -> int:
         """Resident memory of the server process (VmRSS), in KiB."""
@@ -31,11 +33,10 @@ class Server:
 
     def output(self) -> str:
         """Everything the process printed; waits for it to exit."""
-        assert self.process.stdout is not None
-        with self.process.stdout:
-            out = self.process.stdout.read()
         self.process.wait(timeout=30)
-        return out.decode(errors="replace")
+        with self.log:
+            self.log.seek(0)
+            return self.log.read().decode(errors="replace")
 
 
 def free_port() -> int:
@@ -52,10 +53,10 @@ def launch(env: dict[str, str], port: int | None = None) -> Server:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
     full_env.update({"GLIMPSE_LOG_LEVEL": "warning", **env})
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    return Server(process, f"http://127.0.0.1:{port}")
+    # A file, not a pipe: an unread pipe fills up and then blocks the server's event loop on logging.
+    log = tempfile.NamedTemporaryFile(prefix="glimpse-uvicorn-", suffix=".log")  # noqa: SIM115 (closed by output())
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    return Server(process, f"http://127.0.0.1:{port}", log)
 
 
 def wait_ready(server: Server, timeout_s: float = 60) -> None:
@@ -87,5 +88,4 @@ def running(env: dict[str, str]) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 server.process.kill()
                 server.process.wait()
-        if server.process.stdout:
-            server.process.stdout.close()
+        server.log.close()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import schemathesis
 from conftest import E2E_API_KEY
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from PIL import Image
@@ -54,8 +54,13 @@ def test_http_surface_never_answers_5xx(server: str, mode: GenerationMode) -> No
     assert len(operations) == 6
 
     for operation in operations:
-
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+        # No shrinking: each step is an HTTP request, and a failing example is readable as generated.
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
+        )
         @given(case=operation.as_strategy(mode))
         def call(case: schemathesis.Case) -> None:
             CASES[f"{mode.value} {case.method} {case.path}"] += 1
