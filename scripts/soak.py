@@ -98,7 +98,7 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
     full_env.update({"GLIMPSE_LOG_LEVEL": "warning", **env})
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=full_env)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=full_env)  # noqa: S603 (our own command)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
