@@ -14,12 +14,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 4.6))
     styles = {"/predict": "-", "/attention-map": "--"}
     for server, data in result["servers"].items():
         for endpoint, runs in data["runs"].items():
             c = [r["concurrency"] for r in runs]
-            label = f"{server} {endpoint}"
+            label = f"{_short(server)} {endpoint}"
             throughput.plot(c, [r["requests_per_s"] for r in runs], styles[endpoint], marker="o", label=label)
             latency.plot(c, [r["p99_ms"] for r in runs], styles[endpoint], marker="o", label=label)
     ceiling = result.get("in_process", {}).get("ceiling_predict_images_per_s")
@@ -31,13 +31,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axis.set_title(title)
         axis.grid(alpha=0.3)
     latency.set_yscale("log")
-    throughput.legend(fontsize=7)
+    figure.legend(*throughput.get_legend_handles_labels(), loc="center right", fontsize=7)
     machine = result["machine"]
     figure.suptitle(
         f"{machine.get('cpu_model', '')} ({machine['cpus']} cores) {machine.get('gpu', '')}", fontsize=9
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.69, 1))
     figure.savefig(path, dpi=110)
+
+
+def _short(server: str) -> str:
+    """``glimpse:WORKERS=2,GLIMPSE_TORCH_THREADS=1`` → ``glimpse workers=2 torch_threads=1``."""
+    name, _, variant = server.partition(":")
+    return " ".join([name, *(kv.removeprefix("GLIMPSE_").lower() for kv in variant.split(",") if kv)])
 
 
 if __name__ == "__main__":
