@@ -8,22 +8,20 @@ GIL while it decodes and encodes.
 
 from __future__ import annotations
 
-import functools
 import io
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from app.colormaps import COLORMAPS
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
+from models.attention_net import upsample_to_input as model_upsample_to_input
 from models.checkpoint import Preprocessing
-from models.preprocessing import to_8bit
+from models.preprocessing import to_8bit, to_model_input
 
 Colormap = Literal["turbo", "viridis"]
 OVERLAY_ALPHA = 0.5  # weight of the colormap over the input image
@@ -84,7 +82,7 @@ def decode_image(
     try:
         image.load()
         image = ImageOps.exif_transpose(image) or image
-        tensor = normalise(image, spec)
+        tensor = to_model_input(image, spec)
         rgb = np.asarray(to_8bit(image).convert("RGB"), dtype=np.uint8) if keep_rgb else None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise InvalidImage(f"the image could not be decoded: {exc}") from exc
@@ -92,53 +90,9 @@ def decode_image(
     return DecodedImage(tensor, int(width), int(height), rgb)
 
 
-def normalise(image: Image.Image, spec: Preprocessing) -> Tensor:
-    """:func:`models.preprocessing.to_model_input`, bit for bit, at about half the cost.
-
-    The same float32 operations in the same order (scale, subtract, divide), done in NumPy with the
-    mean and std built once per spec instead of per image (``tests/test_app_imaging.py`` checks equality).
-    """
-    converted = to_8bit(image)
-    mean, std = _statistics(spec.mean, spec.std)
-    array = np.asarray(converted.convert(spec.color_mode), dtype=np.float32) / np.float32(255.0)
-    if array.ndim == 2:
-        return torch.from_numpy((array - mean) / std).unsqueeze(0)
-    return torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
-
-
-@functools.lru_cache(maxsize=8)
-def _statistics(
-    mean: tuple[float, ...], std: tuple[float, ...]
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-
-
 def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride: int) -> Tensor:
-    """:func:`models.attention_net.upsample_to_input` for one (h, w) map, with the sampling grid cached.
-
-    Building the sampling grid costs several times the resampling itself at these sizes; the grid
-    depends only on the shapes, so it is built once per shape (``tests/test_app_hotpath.py`` checks
-    that the result is bitwise the model's).
-    """
-    sample_grid = _sample_grid(grid.shape[-2], grid.shape[-1], input_height, input_width, stride)
-    sampled = F.grid_sample(
-        grid.view(1, 1, *grid.shape[-2:]).float(),
-        sample_grid,
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=True,
-    )
-    return sampled.view(input_height, input_width)
-
-
-@functools.lru_cache(maxsize=256)
-def _sample_grid(height: int, width: int, input_height: int, input_width: int, stride: int) -> Tensor:
-    with torch.inference_mode(False), torch.no_grad():
-        ys = torch.arange(input_height, dtype=torch.float32) / stride
-        xs = torch.arange(input_width, dtype=torch.float32) / stride
-        ny = ys / max(height - 1, 1) * 2 - 1 if height > 1 else torch.zeros_like(ys)
-        nx = xs / max(width - 1, 1) * 2 - 1 if width > 1 else torch.zeros_like(xs)
-        return torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1).unsqueeze(0)
+    """:func:`models.attention_net.upsample_to_input` for one (h, w) map."""
+    return model_upsample_to_input(grid.view(1, *grid.shape[-2:]), input_height, input_width, stride)[0]
 
 
 def heatmap_to_uint8(heatmap: NDArray[np.float32]) -> NDArray[np.uint8]:

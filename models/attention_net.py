@@ -21,6 +21,7 @@ attention softmax ignores them, so a padded batched result equals the single-ima
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -267,18 +268,28 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
     Returns:
         (B, input_height, input_width) maps.
     """
-    _, height, width = grid.shape
-    ys = torch.arange(input_height, device=grid.device, dtype=torch.float32) / stride
-    xs = torch.arange(input_width, device=grid.device, dtype=torch.float32) / stride
-    # grid_sample with align_corners=True maps -1 and 1 to the first and last cell centres.
-    ny = ys / max(height - 1, 1) * 2 - 1 if height > 1 else torch.zeros_like(ys)
-    nx = xs / max(width - 1, 1) * 2 - 1 if width > 1 else torch.zeros_like(xs)
-    sample_grid = torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1)
-    sample_grid = sample_grid.unsqueeze(0).expand(grid.shape[0], -1, -1, -1)
+    batch, height, width = grid.shape
+    sample_grid = input_sample_grid(height, width, input_height, input_width, stride).to(grid.device)
     sampled = F.grid_sample(
-        grid.unsqueeze(1).float(), sample_grid, mode="bilinear", padding_mode="border", align_corners=True
+        grid.unsqueeze(1).float(),
+        sample_grid.expand(batch, -1, -1, -1),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
     )
     return sampled.squeeze(1)
+
+
+@functools.lru_cache(maxsize=256)
+def input_sample_grid(height: int, width: int, input_height: int, input_width: int, stride: int) -> Tensor:
+    """The (1, H, W, 2) sampling grid of :func:`upsample_to_input`, cached: it depends on shapes only."""
+    with torch.inference_mode(False), torch.no_grad():
+        ys = torch.arange(input_height, dtype=torch.float32) / stride
+        xs = torch.arange(input_width, dtype=torch.float32) / stride
+        # align_corners=True maps -1 and 1 to the first and last cell centres.
+        ny = ys / max(height - 1, 1) * 2 - 1 if height > 1 else torch.zeros_like(ys)
+        nx = xs / max(width - 1, 1) * 2 - 1 if width > 1 else torch.zeros_like(xs)
+        return torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1).unsqueeze(0)
 
 
 def channels_last(model: AttentionNet) -> AttentionNet:

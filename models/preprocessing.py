@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image
 from torch import Tensor
 
@@ -15,16 +18,21 @@ def to_model_input(image: Image.Image, spec: Preprocessing) -> Tensor:
 
     The image is converted to the card's colour mode (Pillow's ITU-R 601 luma for "L"), scaled to
     [0, 1] and normalised per channel. Modes Pillow cannot convert directly (16-bit, float) are scaled
-    to 8 bits first by :func:`to_8bit`.
+    to 8 bits first by :func:`to_8bit`. This runs once per served image, so the arithmetic stays in
+    float32 NumPy with the statistics built once per card.
     """
-    converted = to_8bit(image).convert(spec.color_mode)
-    array = np.asarray(converted, dtype=np.float32) / 255.0
+    mean, std = _statistics(spec.mean, spec.std)
+    array = np.asarray(to_8bit(image).convert(spec.color_mode), dtype=np.float32) / np.float32(255.0)
     if array.ndim == 2:
-        array = array[:, :, None]
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
-    return ((tensor - mean) / std).contiguous()
+        return torch.from_numpy((array - mean) / std).unsqueeze(0)
+    return torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
+
+
+@functools.lru_cache(maxsize=8)
+def _statistics(
+    mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
 
 
 def to_8bit(image: Image.Image) -> Image.Image:

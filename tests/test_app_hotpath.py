@@ -12,10 +12,10 @@ import torch
 from conftest import b64
 from PIL import Image
 
-from app.imaging import normalise, upsample_to_input
+from app.imaging import upsample_to_input
 from models.attention_net import upsample_to_input as model_upsample
 from models.checkpoint import Preprocessing
-from models.preprocessing import to_model_input
+from models.preprocessing import to_8bit, to_model_input
 
 pytestmark = pytest.mark.anyio  # the sync tests below are unaffected
 MAP_PARAMS: dict[str, Any] = {"top_k": 3, "overlay": "true", "include_grid": "1", "kind": "evidence"}
@@ -61,7 +61,7 @@ async def test_hot_path_errors_have_the_one_shape(client: httpx.AsyncClient) -> 
 
 @pytest.mark.parametrize("color_mode", ["L", "RGB"])
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "F"])
-def test_normalise_is_bitwise_the_models_preprocessing(color_mode: str, mode: str) -> None:
+def test_preprocessing_matches_the_reference_formula(color_mode: str, mode: str) -> None:
     rng = np.random.default_rng(0)
     spec = Preprocessing()
     if color_mode == "RGB":
@@ -75,7 +75,13 @@ def test_normalise_is_bitwise_the_models_preprocessing(color_mode: str, mode: st
     image = Image.fromarray(arrays.get(mode, rng.integers(0, 256, (37, 53), dtype=np.uint8)))
     if mode == "P":
         image = image.convert("P")
-    assert torch.equal(normalise(image, spec), to_model_input(image, spec))
+    converted = np.asarray(to_8bit(image).convert(spec.color_mode), dtype=np.float64) / 255
+    if converted.ndim == 2:
+        converted = converted[:, :, None]
+    reference = (converted - np.asarray(spec.mean)) / np.asarray(spec.std)
+    ours = to_model_input(image, spec)
+    assert ours.shape == (spec.channels, 37, 53)
+    np.testing.assert_allclose(ours.permute(1, 2, 0).numpy(), reference, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
