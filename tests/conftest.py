@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from serving import running
 
 from app.config import Settings
 from app.main import create_app
@@ -66,9 +62,8 @@ def settings() -> Settings:
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An in-process client of a started (loaded, warm) app."""
+async def started_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of an app started (loaded, warm) with ``settings``."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -76,47 +71,15 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield http
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of a started app with the default settings."""
+    async for http in started_client(settings):
+        yield http
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[str]:
     """A real uvicorn server on a free loopback port, with an API key and small limits; yields its URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
-    env.update({"GLIMPSE_API_KEYS": E2E_API_KEY, "GLIMPSE_LOG_LEVEL": "warning", **E2E_LIMITS})
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    # No access log: nobody reads the pipe while the server runs, and once its 64 kB fill up every
-    # write blocks the event loop (the fuzz tests' long URLs did that within a few hundred requests).
-    command.append("--no-access-log")
-    process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                raise RuntimeError(f"uvicorn exited with {process.returncode}:\n{output}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("uvicorn did not become ready within 60 s")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
+    with running({"GLIMPSE_API_KEYS": E2E_API_KEY, **E2E_LIMITS}) as started:
+        yield started.url

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from conftest import E2E_API_KEY, REPO_ROOT, b64
+from conftest import E2E_API_KEY, REPO_ROOT, b64, started_client
 
 from app.config import Settings
-from app.main import create_app
 
 pytestmark = pytest.mark.anyio
 
@@ -21,17 +20,9 @@ PROTECTED = [("POST", "/predict"), ("POST", "/attention-map"), ("GET", "/models"
 OPEN = ["/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs"]
 
 
-async def started(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://glimpse.test") as http:
-            yield http
-
-
 @pytest.fixture
 async def keyed() -> AsyncIterator[httpx.AsyncClient]:
-    async for http in started(Settings(_env_file=None, api_keys=KEYS)):  # type: ignore[call-arg]
+    async for http in started_client(Settings(_env_file=None, api_keys=KEYS)):  # type: ignore[call-arg]
         yield http
 
 
@@ -81,14 +72,14 @@ def test_keys_are_compared_in_constant_time() -> None:
 
 async def test_cors_is_closed_unless_configured(settings: Settings) -> None:
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
-    async for http in started(settings):
+    async for http in started_client(settings):
         answers = [
             await http.options("/predict", headers=preflight),
             await http.get("/health/live", headers={"Origin": "https://evil.example"}),
         ]
         assert all("access-control-allow-origin" not in r.headers for r in answers)
     allowed = Settings(_env_file=None, cors_origins=["https://app.example"])  # type: ignore[call-arg]
-    async for http in started(allowed):
+    async for http in started_client(allowed):
         good = await http.options("/predict", headers={**preflight, "Origin": "https://app.example"})
         bad = await http.options("/predict", headers=preflight)
         simple = await http.get("/health/live", headers={"Origin": "https://app.example"})
