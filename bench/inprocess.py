@@ -20,6 +20,7 @@ from app.engine import EngineConfig, InferenceEngine, MapRequest
 from app.imaging import decode_image
 from app.metrics import Metrics
 from app.predictor import Limits, MapOptions, Predictor
+from app.runtime import choose_amp_dtype
 from models.attention_net import AttentionNet, upsample_to_input
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
@@ -61,7 +62,7 @@ def grad_cam(model: AttentionNet, x: torch.Tensor, stride: int) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) on the last backbone features: one forward, one backward."""
     features, mask = model.forward_features(x.requires_grad_(False))
     features.retain_grad()
-    logits, _, _ = model.forward_head(features, mask)
+    logits, _ = model.forward_head(features, mask)
     logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
     assert features.grad is not None
     weights = features.grad.mean(dim=(2, 3), keepdim=True)
@@ -124,18 +125,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--amp", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     args = parser.parse_args()
     device = torch.device(args.device)
     data = args.image.read_bytes()
     model, card = load_model(args.model_dir, device)
     model.fuse_for_inference()
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = choose_amp_dtype(args.amp, device)  # as the service resolves GLIMPSE_AMP_DTYPE
     engine = InferenceEngine(model, device, EngineConfig(max_batch_size=args.batch, amp_dtype=amp), Metrics())
     predictor = Predictor(engine, card, Limits(1 << 26, 16, 10.0), pool=None)  # type: ignore[arg-type]
     decoded = decode_image(data, card.preprocessing, 1 << 26, 16)
     x = torch.stack([decoded.tensor] * args.batch).to(device).contiguous(memory_format=torch.channels_last)
     cores = len(os.sched_getaffinity(0))
-    result: dict[str, Any] = {"batch": args.batch, "by_torch_threads": {}}
+    result: dict[str, Any] = {"batch": args.batch, "precision": engine.precision, "by_torch_threads": {}}
     # The ceiling is the best of one thread and one per core: on a shared 2-core machine OpenMP's
     # barrier makes two threads slower whenever another process holds a core.
     for threads in sorted({args.threads} if args.threads else {1, cores}):

@@ -82,14 +82,31 @@ class AttentionOutput:
         logits: Class scores before softmax, (B, K).
         attention: Attention weights over the feature grid, (B, h, w); each map sums to one over its
             valid positions and is zero on padding.
-        position_logits: The classifier applied to every position's features, w_c · F_ij, (B, K, h, w).
+        features: The backbone features F the attention pooled, (B, C, h, w).
+        classifier_weight: The linear classifier's weights w, (K, C).
         valid_size: Valid feature-grid height and width of every image, (B, 2).
     """
 
     logits: Tensor
     attention: Tensor
-    position_logits: Tensor
+    features: Tensor = field(repr=False)
+    classifier_weight: Tensor = field(repr=False)
     valid_size: Tensor = field(repr=False)
+
+    def position_logits(self, target: Tensor) -> Tensor:
+        """The classifier's response to every position's features, w_c · F_ij, for each image's class c.
+
+        Computed on demand and for one class an image: for a 1000-class model on a 56×56 grid, all
+        classes at every position would cost more memory traffic than the backbone.
+
+        Args:
+            target: Class index per image, (B,).
+
+        Returns:
+            (B, h, w) float32 maps.
+        """
+        weight = self.classifier_weight[target].to(self.features.dtype)
+        return torch.einsum("bc,bchw->bhw", weight, self.features).float()
 
     def evidence(self, target: Tensor) -> Tensor:
         """Class-conditional evidence maps: A_ij · (w_c · F_ij) for each image's target class c.
@@ -100,8 +117,7 @@ class AttentionOutput:
         Returns:
             (B, h, w) maps whose sum over positions equals each logit minus the classifier bias.
         """
-        index = target.view(-1, 1, 1, 1).expand(-1, 1, *self.position_logits.shape[-2:])
-        return self.attention * self.position_logits.gather(1, index).squeeze(1)
+        return self.attention * self.position_logits(target)
 
 
 def output_size(size: Tensor | int, stride_2_layers: int) -> Tensor | int:
@@ -213,8 +229,8 @@ class AttentionNet(nn.Module):
                 x = x * mask
         return x, mask
 
-    def forward_head(self, features: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Attention weights, class logits and per-position logits from backbone features."""
+    def forward_head(self, features: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Class logits and attention weights from backbone features."""
         scores = self.attention_head(features).squeeze(1).float()
         if mask is not None:
             scores = scores.masked_fill(mask.squeeze(1) == 0, float("-inf"))
@@ -222,8 +238,7 @@ class AttentionNet(nn.Module):
         attention = torch.softmax(scores.view(batch, -1), dim=1).view(batch, height, width)
         pooled = torch.einsum("bhw,bchw->bc", attention.to(features.dtype), features)
         logits = self.classifier(self.dropout(pooled))
-        position_logits = torch.einsum("kc,bchw->bkhw", self.classifier.weight, features)
-        return logits.float(), attention, position_logits.float()
+        return logits.float(), attention
 
     def forward(self, x: Tensor, input_size: Tensor | None = None) -> AttentionOutput:
         """Classify a batch and return the attention that produced each prediction.
@@ -236,12 +251,12 @@ class AttentionNet(nn.Module):
         if x.shape[-1] < min_size or x.shape[-2] < min_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])}; the minimum is {min_size}×{min_size}")
         features, mask = self.forward_features(x, input_size)
-        logits, attention, position_logits = self.forward_head(features, mask)
+        logits, attention = self.forward_head(features, mask)
         if input_size is None:
             valid = torch.tensor([features.shape[-2:]], device=x.device).expand(x.shape[0], 2)
         else:
             valid = self.feature_valid_size(input_size)
-        return AttentionOutput(logits, attention, position_logits, valid)
+        return AttentionOutput(logits, attention, features, self.classifier.weight, valid)
 
     @torch.no_grad()
     def fuse_for_inference(self) -> AttentionNet:
