@@ -51,8 +51,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     torch_threads: int = Field(0, ge=0, description="Intra-op threads for the model; 0 means one per core.")
     decode_threads: int = Field(0, ge=0, description="Threads decoding and encoding images; 0 means cores.")
-    amp_dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Autocast dtype on CUDA (float32 disables AMP); ignored on CPU."
+    amp_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="Autocast dtype for the forward pass; float32 disables AMP. auto: bfloat16 on CUDA "
+        "and on CPUs with native bf16 matrix units (AMX), float32 elsewhere.",
     )
     channels_last: bool = Field(True, description="Run the convolutions in channels-last memory format.")
     warmup_image_size: int = Field(

@@ -78,7 +78,7 @@ class EngineConfig:
     max_batch_delay_ms: float = 2.0
     max_queue_size: int = 1024
     max_batch_pixels: int = 4096 * 4096  # padded pixels per forward pass; one larger image runs alone
-    amp_dtype: torch.dtype | None = None  # autocast dtype on CUDA; None runs float32
+    amp_dtype: torch.dtype | None = None  # autocast dtype on the model's device; None runs float32
     channels_last: bool = True
 
 
@@ -183,6 +183,15 @@ class InferenceEngine:
             yield
         finally:
             self._incoming -= count
+
+    @property
+    def precision(self) -> Literal["float32", "bfloat16", "float16"]:
+        """The arithmetic of the forward pass, as /models reports it."""
+        if self.config.amp_dtype == torch.bfloat16:
+            return "bfloat16"
+        if self.config.amp_dtype == torch.float16:
+            return "float16"
+        return "float32"
 
     @property
     def queue_depth(self) -> int:
@@ -315,7 +324,7 @@ class InferenceEngine:
         x, input_size = self._collate(tensors)
         autocast = (
             torch.autocast(self.device.type, dtype=self.config.amp_dtype)
-            if self.device.type == "cuda" and self.config.amp_dtype is not None
+            if self.config.amp_dtype is not None
             else nullcontext()
         )
         with autocast:

@@ -26,6 +26,7 @@ from app.lifecycle import DeviceUnavailable, QuietStartupFailure, StartupFailed,
 from app.metrics import Metrics, MetricsMiddleware
 from app.predictor import Limits, Predictor
 from app.routes import attention, health, metrics, models, predict
+from app.runtime import choose_amp_dtype, choose_device, configure_torch
 from models.attention_net import AttentionNet
 from models.checkpoint import ModelArtifactError, ModelCard, load_model
 
@@ -37,24 +38,6 @@ from `POST /attention-map` a heatmap of the evidence behind a class — from the
 Concurrent requests are batched dynamically. Errors always have the shape
 `{"error": {"code": "...", "message": "..."}}`.
 """
-
-_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
-
-
-def choose_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable("GLIMPSE_DEVICE=cuda but no CUDA device is available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def configure_torch(settings: Settings, device: torch.device) -> None:
-    torch.set_num_threads(settings.torch_threads or settings.cpu_count)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # shapes repeat: let cuDNN pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 async def load_or_fail(app: FastAPI, settings: Settings) -> tuple[AttentionNet, ModelCard, torch.device]:
@@ -85,7 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_batch_delay_ms=settings.max_batch_delay_ms,
         max_queue_size=settings.max_queue_size,
         max_batch_pixels=settings.max_image_pixels,
-        amp_dtype=_AMP_DTYPES[settings.amp_dtype],
+        amp_dtype=choose_amp_dtype(settings.amp_dtype, device),
         channels_last=settings.channels_last,
     )
     engine = InferenceEngine(model, device, engine_config, app.state.metrics)
@@ -103,8 +86,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.predictor = Predictor(engine, card, limits, pool)
     app.state.ready = True
     logger.info(
-        "ready in %.2f s: %s %s on %s, batch ≤ %d, delay ≤ %.1f ms",
-        time.perf_counter() - started, card.name, card.version, device,
+        "ready in %.2f s: %s %s on %s (%s), batch ≤ %d, delay ≤ %.1f ms",
+        time.perf_counter() - started, card.name, card.version, device, engine.precision,
         settings.max_batch_size, settings.max_batch_delay_ms,
     )  # fmt: skip
     restore_sigterm = drain_on_sigterm(app, settings.shutdown_drain_s)

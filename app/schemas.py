@@ -93,12 +93,20 @@ class InputSpecPublic(BaseModel):
     feature_stride: int = Field(description="Input pixels per attention-grid step.")
 
 
+class RuntimePublic(BaseModel):
+    device: str = Field(description="Where the forward pass runs.", examples=["cpu", "cuda:0"])
+    precision: Literal["float32", "bfloat16", "float16"] = Field(
+        description="Arithmetic of the forward pass (GLIMPSE_AMP_DTYPE; auto resolves per device)."
+    )
+
+
 class ModelInfoPublic(BaseModel):
     name: str
     version: str
     labels: list[str]
     num_classes: int
     input: InputSpecPublic
+    runtime: RuntimePublic
     evaluation: dict[str, Any] = Field(description="Evaluation metrics recorded in the model card.")
 
 

@@ -61,6 +61,25 @@ async def test_mixed_size_batch_equals_single_image_runs(engine: InferenceEngine
     assert engine.metrics.batch_size.collect()[0].samples  # the batch was observed
 
 
+async def test_bfloat16_mixed_size_batch_equals_single_image_runs() -> None:
+    """Under CPU autocast (GLIMPSE_AMP_DTYPE=bfloat16) padding still changes no answer."""
+    engine = make_engine(max_batch_size=16, max_batch_delay_ms=20.0, amp_dtype=torch.bfloat16)
+    engine.start()
+    images = random_images([(60, 60), (48, 72), (64, 40), (33, 57), (60, 60)], seed=1)
+    request = MapRequest("evidence", target=3)
+    deadline = time.perf_counter() + 30
+    batched = await engine.predict(images, top_k=10, map_request=request, deadline=deadline)
+    for image, together in zip(images, batched, strict=True):
+        (alone,) = await engine.predict([image], top_k=10, map_request=request, deadline=deadline)
+        assert together.indices[0] == alone.indices[0]
+        assert together.scores == pytest.approx(alone.scores, abs=1e-3)  # bf16 keeps 8 bits of mantissa
+        assert together.grid is not None
+        assert alone.grid is not None
+        assert torch.allclose(together.grid, alone.grid, atol=1e-2 * float(alone.grid.abs().max()))
+    assert engine.precision == "bfloat16"
+    await engine.stop()
+
+
 async def test_concurrent_requests_share_forward_passes(engine: InferenceEngine) -> None:
     images = random_images([(60, 60)] * 32)
     deadline = time.perf_counter() + 30

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from app.deps import PredictorDep, require_api_key
 from app.routes.common import error_responses
-from app.schemas import InputSpecPublic, ModelInfoPublic
+from app.schemas import InputSpecPublic, ModelInfoPublic, RuntimePublic
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -31,5 +31,6 @@ async def models(predictor: PredictorDep) -> ModelInfoPublic:
             max_pixels=predictor.limits.max_image_pixels,
             feature_stride=card.config.feature_stride,
         ),
+        runtime=RuntimePublic(device=str(predictor.engine.device), precision=predictor.engine.precision),
         evaluation=card.evaluation,
     )
