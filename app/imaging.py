@@ -2,8 +2,10 @@
 
 Decoding is defensive: the declared size is checked against the pixel limit *before* any pixel is
 decoded (Pillow's ``open`` reads only the header), so a small file that declares a huge image never
-allocates it. All functions here are synchronous and meant for a worker thread: Pillow releases the
-GIL while it decodes and encodes.
+allocates it. All functions here are synchronous. :func:`open_image` reads only the header and is cheap
+enough for the event loop; decoding, resampling and encoding are meant for a worker thread (Pillow
+releases the GIL while it decodes and encodes), except for images so small that handing them to a
+thread would cost more than the work (:data:`app.predictor.INLINE_MAX_PIXELS`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ def decode_image(
         ImageTooSmall: Width or height is below ``min_size``.
         InvalidImage: The file is recognised but truncated or corrupt.
     """
+    return convert_image(open_image(data, max_pixels, min_size), spec, keep_rgb)
+
+
+def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
+    """Read only the header and check the declared size: the cheap first half of :func:`decode_image`.
+
+    Raises:
+        UnsupportedImage, ImageTooLarge, ImageTooSmall, InvalidImage: As :func:`decode_image`.
+    """
     if not data:
         raise InvalidImage("the image is empty")
     try:
@@ -79,6 +90,15 @@ def decode_image(
         )
     if min(width, height) < min_size:
         raise ImageTooSmall(f"the image is {width}×{height}; both sides must be at least {min_size} pixels")
+    return image
+
+
+def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = False) -> DecodedImage:
+    """Decode the pixels of an image from :func:`open_image` into model input: the costly second half.
+
+    Raises:
+        InvalidImage: The pixel data is truncated or corrupt.
+    """
     try:
         image.load()
         image = ImageOps.exif_transpose(image) or image

@@ -1,8 +1,10 @@
 """The predictor: decode in the thread pool, infer through the batching engine, render the answers.
 
 It turns image bytes into the response dicts of ``/predict`` and ``/attention-map`` (shaped like the
-``…Public`` schemas). Everything CPU-heavy (decoding, map upsampling, PNG encoding) runs in the decode
-pool; the forward pass runs in the engine's inference thread; the event loop only coordinates.
+``…Public`` schemas). Decoding, map upsampling and PNG encoding run in the decode pool; the forward pass
+runs in the engine's inference thread; the event loop reads headers and coordinates. Requests whose
+images are all small (at most :data:`INLINE_MAX_PIXELS`) are decoded and rendered on the event loop
+itself: for a 60×60 canvas the hop to a pool thread and back costs more CPU than the decoding does.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from app.errors import DeadlineExceeded, InvalidParameter
 from app.imaging import (
     Colormap,
     DecodedImage,
-    decode_image,
+    convert_image,
     encode_png,
     heatmap_to_uint8,
+    open_image,
     overlay,
     upsample_to_input,
 )
@@ -33,6 +36,9 @@ from models.checkpoint import ModelCard
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# 128×128 decodes, converts, upsamples and encodes in well under 0.2 ms: briefer than a pool round trip.
+INLINE_MAX_PIXELS = 128 * 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,25 +100,25 @@ class Predictor:
             decoded, predictions = await self._infer(
                 images, top_k, map_request, keep_rgb=options.colormap is not None, deadline=deadline
             )
-            rendered = await self._in_pool(
-                lambda pair: self._render(pair[0], pair[1], options),
-                list(zip(decoded, predictions, strict=True)),
-            )
+            pairs = list(zip(decoded, predictions, strict=True))
+            if all(image.width * image.height <= INLINE_MAX_PIXELS for image in decoded):
+                return [self._render(image, prediction, options) for image, prediction in pairs]
+            rendered = await self._in_pool(lambda pair: self._render(pair[0], pair[1], options), pairs)
         return rendered
 
     # -- steps -------------------------------------------------------------------------------------
     async def _infer(
         self, images: list[bytes], top_k: int, map_request: MapRequest | None, keep_rgb: bool, deadline: float
     ) -> tuple[list[DecodedImage], list[Prediction]]:
-        decode = partial(
-            decode_image,
-            spec=self.card.preprocessing,
-            max_pixels=self.limits.max_image_pixels,
-            min_size=self.limits.min_image_size,
-            keep_rgb=keep_rgb,
-        )
-        with self.engine.expecting(len(images)):
-            decoded = await self._in_pool(decode, images)
+        with self.engine.expecting(len(images)):  # refuses a burst before any decoding
+            opened = [
+                open_image(data, self.limits.max_image_pixels, self.limits.min_image_size) for data in images
+            ]
+            convert = partial(convert_image, spec=self.card.preprocessing, keep_rgb=keep_rgb)
+            if all(image.width * image.height <= INLINE_MAX_PIXELS for image in opened):
+                decoded = [convert(image) for image in opened]
+            else:
+                decoded = await self._in_pool(convert, opened)
         predictions = await self.engine.predict([d.tensor for d in decoded], top_k, map_request, deadline)
         return decoded, predictions
 

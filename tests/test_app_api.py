@@ -8,10 +8,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import b64, decode_png, png_bytes
+from conftest import b64, decode_png, png_bytes, started_client
 
+import app.predictor as predictor_module
 from app.config import Settings
 from app.main import create_app
+from app.runtime import cpu_has_amx_bf16
 from app.schemas import AttentionMapResponsePublic, ModelInfoPublic, PredictResponsePublic
 from models.checkpoint import DEFAULT_MODEL_DIR, read_card
 from models.data import CanvasSet
@@ -230,6 +232,32 @@ async def test_models_describes_the_card(client: httpx.AsyncClient) -> None:
     assert body["input"]["min_size"] == CARD.preprocessing.min_size
     assert body["input"]["feature_stride"] == CARD.config.feature_stride
     assert body["evaluation"] == CARD.evaluation
+    expected = "bfloat16" if cpu_has_amx_bf16() else "float32"  # GLIMPSE_AMP_DTYPE=auto on a CPU
+    assert body["runtime"] == {"device": "cpu", "precision": expected}
+
+
+async def test_models_reports_the_precision_that_was_asked_for(settings: Settings) -> None:
+    settings.amp_dtype = "float32"
+    async for http in started_client(settings):
+        assert (await http.get("/models")).json()["runtime"] == {"device": "cpu", "precision": "float32"}
+
+
+@pytest.mark.parametrize("amp_dtype", ["float32", "bfloat16"])
+async def test_small_images_decoded_inline_answer_as_the_pool_does(
+    settings: Settings, canvas_png: Callable[[int], bytes], monkeypatch: pytest.MonkeyPatch, amp_dtype: str
+) -> None:
+    """Images up to INLINE_MAX_PIXELS skip the decode pool; the answers must not depend on the route."""
+    settings.amp_dtype = amp_dtype  # type: ignore[assignment]
+    files = [("file", (f"{i}.png", canvas_png(i), "image/png")) for i in range(3)]
+    params = {"top_k": 10, "overlay": "true", "include_grid": "true"}
+    answers = []
+    for inline_max_pixels in (predictor_module.INLINE_MAX_PIXELS, 0):  # 60×60 inline, then via the pool
+        monkeypatch.setattr(predictor_module, "INLINE_MAX_PIXELS", inline_max_pixels)
+        async for http in started_client(settings):
+            predict = await http.post("/predict", params={"top_k": 10}, files=files)
+            attention = await http.post("/attention-map", params=params, files=files)
+            answers.append((predict.json(), attention.json()))
+    assert answers[0] == answers[1]
 
 
 async def test_metrics_count_requests_batches_and_images(
