@@ -171,7 +171,15 @@ def serve_naive(args: argparse.Namespace, image: Path, port: int) -> dict[str, A
         process.wait(30)
 
 
-def serve_torchserve(args: argparse.Namespace, model_dir: Path, image: Path, port: int) -> dict[str, Any]:
+def serve_torchserve(
+    args: argparse.Namespace, model_dir: Path, image: Path, port: int, variant: dict[str, str]
+) -> dict[str, Any]:
+    """TorchServe with --ts-* settings; ``variant`` (BATCH, DELAY, WORKERS, THREADS, AMP) overrides them."""
+    workers = int(variant.get("WORKERS", args.ts_workers))
+    batch = int(variant.get("BATCH", args.ts_batch))
+    delay_ms = int(variant.get("DELAY", args.ts_delay_ms))
+    threads = int(variant.get("THREADS", args.ts_threads))
+    amp = variant.get("AMP", "float32")
     work = BENCH / "results" / "tmp" / "torchserve"
     shutil.rmtree(work, ignore_errors=True)
     (work / "store").mkdir(parents=True)
@@ -198,9 +206,9 @@ def serve_torchserve(args: argparse.Namespace, model_dir: Path, image: Path, por
         "PORT": port,
         "MPORT": port + 1,
         "XPORT": port + 2,
-        "WORKERS": args.ts_workers,
-        "BATCH": args.ts_batch,
-        "DELAY": args.ts_delay_ms,
+        "WORKERS": workers,
+        "BATCH": batch,
+        "DELAY": delay_ms,
         "STORE": work / "store",
     }.items():
         config = config.replace(f"@{key}@", str(value))
@@ -208,7 +216,8 @@ def serve_torchserve(args: argparse.Namespace, model_dir: Path, image: Path, por
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "GLIMPSE_TS_THREADS": str(args.ts_threads),
+        "GLIMPSE_TS_THREADS": str(threads),
+        "GLIMPSE_TS_AMP": amp,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "LOG_LOCATION": str(work / "logs"),
         "METRICS_LOCATION": str(work / "logs"),
@@ -234,8 +243,8 @@ def serve_torchserve(args: argparse.Namespace, model_dir: Path, image: Path, por
         while time.perf_counter() - started < 120:  # the model is registered before its workers are up
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port + 1}/models/glimpse", timeout=2) as r:
-                    workers = json.loads(r.read())[0]["workers"]
-                if len(workers) == args.ts_workers and all(w["status"] == "READY" for w in workers):
+                    ready = [w for w in json.loads(r.read())[0]["workers"] if w["status"] == "READY"]
+                if len(ready) == workers:
                     break
             except OSError:
                 pass
@@ -247,10 +256,11 @@ def serve_torchserve(args: argparse.Namespace, model_dir: Path, image: Path, por
         if "/attention-map" in args.endpoints:
             paths["/attention-map"] = "/explanations/glimpse"
         config_text = {
-            "workers": args.ts_workers,
-            "batch_size": args.ts_batch,
-            "max_batch_delay_ms": args.ts_delay_ms,
-            "torch_threads_per_worker": args.ts_threads,
+            "workers": workers,
+            "batch_size": batch,
+            "max_batch_delay_ms": delay_ms,
+            "torch_threads_per_worker": threads,
+            "amp": amp,
         }
         return {
             "command": " ".join(command),
@@ -284,7 +294,10 @@ def in_process(args: argparse.Namespace, model_dir: Path, image: Path, batch: in
     return {"command": " ".join(command), **result}
 
 
-def large_model(directory: Path) -> tuple[Path, Path]:
+LARGE_STAGES = ((64, 2), (128, 2), (256, 1), *((512, 1),) * 6)
+
+
+def large_model(directory: Path, stages: tuple[tuple[int, int], ...]) -> tuple[Path, Path]:
     """A 224×224 RGB configuration of the same architecture with random weights, and a request image."""
     import numpy as np
     import torch
@@ -294,9 +307,7 @@ def large_model(directory: Path) -> tuple[Path, Path]:
     from models.checkpoint import ModelCard, Preprocessing, save_model
 
     torch.manual_seed(0)
-    config = AttentionNetConfig(
-        in_channels=3, num_classes=1000, stages=((32, 2), (64, 2), (128, 2), (128, 1), (256, 2), (256, 1))
-    )
+    config = AttentionNetConfig(in_channels=3, num_classes=1000, stages=stages)
     card = ModelCard(
         "glimpse-random-224",
         "0.0.0",
@@ -348,7 +359,8 @@ def main() -> None:
         "--servers",
         nargs="+",
         default=["glimpse", "naive", "torchserve"],
-        help="glimpse, glimpse:GLIMPSE_SETTING=value,... (a variant), naive, torchserve",
+        help="glimpse, glimpse:WORKERS=2,GLIMPSE_SETTING=value,... (a variant), naive, torchserve, "
+        "torchserve:AMP=bfloat16,BATCH=16,DELAY=5,WORKERS=2,THREADS=1 (a variant)",
     )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for Glimpse")
     parser.add_argument("--glimpse-env", nargs="*", default=[], help="extra GLIMPSE_*=value settings")
@@ -357,7 +369,20 @@ def main() -> None:
     parser.add_argument("--ts-delay-ms", type=int, default=5)
     parser.add_argument("--ts-threads", type=int, default=1)
     parser.add_argument("--skip-in-process", action="store_true")
-    parser.add_argument("--large", action="store_true", help="also serve the 224² RGB configuration")
+    parser.add_argument(
+        "--large",
+        nargs="*",
+        default=None,
+        help="also serve the 224² RGB configuration, once per variant given (glimpse:WORKERS=4,...)",
+    )
+    parser.add_argument("--large-concurrency", type=int, nargs="+", default=[64, 256])
+    parser.add_argument(
+        "--large-stages",
+        type=json.loads,
+        default=LARGE_STAGES,
+        help="backbone of the 224² configuration as JSON; the default (about 90 GFLOP an image) is wide "
+        "enough that the GPU, not HTTP or decoding, bounds the throughput",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
     image = BENCH / "canvas60.png"
@@ -383,15 +408,27 @@ def main() -> None:
             port += 1
         elif server == "naive":
             result["servers"]["naive"] = serve_naive(args, image, port + 10)
-        elif server == "torchserve":
-            result["servers"]["torchserve"] = serve_torchserve(args, DEFAULT_MODEL_DIR, image, port + 20)
-    if args.large:
-        model_dir, large_image = large_model(BENCH / "results" / "tmp" / "large")
+        elif server.startswith("torchserve"):  # torchserve:AMP=bfloat16,BATCH=32 runs a variant
+            variant = dict(kv.split("=", 1) for kv in server.partition(":")[2].split(",") if kv)
+            result["servers"][server] = serve_torchserve(args, DEFAULT_MODEL_DIR, image, port + 20, variant)
+            port += 3  # TorchServe takes three ports: inference, management, metrics
+    if args.large is not None:
+        stages = tuple((int(width), int(stride)) for width, stride in args.large_stages)
+        model_dir, large_image = large_model(BENCH / "results" / "tmp" / "large", stages)
         large_env = {**env, "GLIMPSE_MODEL_DIR": str(model_dir), "GLIMPSE_WARMUP_IMAGE_SIZE": "224"}
         result["large"] = {
+            "stages": stages,
             "in_process": in_process(args, model_dir, large_image, batch),
-            "glimpse": serve_glimpse(args, large_env, large_image, port + 40, args.workers),
+            "servers": {},
         }
+        args.concurrency = args.large_concurrency
+        for server in args.large or ["glimpse"]:
+            variant = dict(kv.split("=", 1) for kv in server.partition(":")[2].split(",") if kv)
+            workers = int(variant.pop("WORKERS", args.workers))
+            result["large"]["servers"][server] = serve_glimpse(
+                args, {**large_env, **variant}, large_image, port + 40, workers
+            )
+            port += 1
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{args.device}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))

@@ -2,7 +2,8 @@
 
 /predictions answers the top-5 classes; /explanations answers the same attention (evidence) heatmap as
 Glimpse's /attention-map: a base64 grayscale PNG of the input's size, from the same forward pass.
-Images of one size are stacked into one forward pass per TorchServe batch (the benchmark sends one size).
+Images of one size are stacked into one forward pass per TorchServe batch (the benchmark sends one size),
+channels-last like Glimpse's; GLIMPSE_TS_AMP=bfloat16 runs it under autocast, as GLIMPSE_AMP_DTYPE does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from models.attention_net import upsample_to_input
+from models.attention_net import channels_last, upsample_to_input
 from models.checkpoint import load_model
 from models.preprocessing import to_model_input
 
@@ -30,7 +31,9 @@ class GlimpseHandler(BaseHandler):  # type: ignore[misc]
         gpu = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
         self.model, self.card = load_model(Path(properties["model_dir"]), self.device)
-        self.model.fuse_for_inference()
+        self.model = channels_last(self.model.fuse_for_inference())  # as Glimpse serves it
+        amp = os.environ.get("GLIMPSE_TS_AMP", "float32")
+        self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(amp)
         self.initialized = True
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor]:
@@ -44,7 +47,9 @@ class GlimpseHandler(BaseHandler):  # type: ignore[misc]
 
     @torch.inference_mode()
     def inference(self, data: list[torch.Tensor], *args: Any, **kwargs: Any) -> Any:
-        return self.model(torch.stack(data).to(self.device))
+        batch = torch.stack(data).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            return self.model(batch)
 
     def postprocess(self, output: Any) -> list[dict[str, Any]]:
         scores, indices = torch.softmax(output.logits.float(), dim=1).topk(5, dim=1)
