@@ -8,7 +8,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 mkdir -p runs
 while IFS='|' read -r name extra; do
   [ -z "$name" ] && continue
-  eval "timeout ${RUN_LIMIT_S:-560} python3 -m models.train --out runs/$name --quiet --device cuda $extra" > runs/$name.log 2>&1 &
+  eval "timeout ${RUN_LIMIT_S:-570} python3 -m models.train --out runs/$name --quiet --device cuda $extra" > runs/$name.log 2>&1 &
 done < "$spec"
 wait
 for log in runs/*.log; do echo "== $log"; tail -2 "$log"; done
