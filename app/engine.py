@@ -30,6 +30,8 @@ from torch import Tensor
 from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from app.metrics import Metrics
 from models.attention_net import AttentionNet, AttentionOutput
+from models.checkpoint import Preprocessing
+from models.preprocessing import normalize_pixels
 
 logger = logging.getLogger("glimpse.engine")
 
@@ -64,7 +66,7 @@ class Prediction:
 
 @dataclass(slots=True, eq=False)
 class _Job:
-    tensor: Tensor
+    pixels: Tensor
     top_k: int
     map_request: MapRequest | None
     deadline: float
@@ -113,9 +115,15 @@ class InferenceEngine:
     """Owns the model, the queue, the batching task and the inference thread."""
 
     def __init__(
-        self, model: AttentionNet, device: torch.device, config: EngineConfig, metrics: Metrics
+        self,
+        model: AttentionNet,
+        preprocessing: Preprocessing,
+        device: torch.device,
+        config: EngineConfig,
+        metrics: Metrics,
     ) -> None:
         self.model = model
+        self.preprocessing = preprocessing
         self.device = device
         self.config = config
         self.metrics = metrics
@@ -159,13 +167,14 @@ class InferenceEngine:
     def _warm_up(self, channels: int, image_size: int, max_batch_size: int) -> None:
         batch_size = 1
         while True:
-            tensors = [torch.zeros(channels, image_size, image_size)] * batch_size
-            self._forward(tensors, [1] * batch_size, [None] * batch_size)
+            images = [torch.zeros(image_size, image_size, channels, dtype=torch.uint8)] * batch_size
+            self._forward(images, [1] * batch_size, [None] * batch_size)
             if batch_size >= max_batch_size:
                 break
             batch_size = min(batch_size * 2, max_batch_size)
         sizes = [(image_size, image_size), (image_size + 3, image_size + 5)]  # the padded path too
-        self._forward([torch.zeros(channels, h, w) for h, w in sizes], [1, 1], [None, None])
+        padded = [torch.zeros(h, w, channels, dtype=torch.uint8) for h, w in sizes]
+        self._forward(padded, [1, 1], [None, None])
 
     # -- submission --------------------------------------------------------------------------------
     @contextmanager
@@ -198,9 +207,15 @@ class InferenceEngine:
         return len(self._queue)
 
     async def predict(
-        self, tensors: list[Tensor], top_k: int, map_request: MapRequest | None, deadline: float
+        self, images: list[Tensor], top_k: int, map_request: MapRequest | None, deadline: float
     ) -> list[Prediction]:
         """Queue images (all or none) and wait for their predictions.
+
+        Args:
+            images: Pixels in the card's colour mode, (H, W, C) uint8 each, as decoding gives them.
+            top_k: Classes to return per image.
+            map_request: Which map to attach, or None.
+            deadline: A ``time.perf_counter`` value.
 
         Raises:
             ModelNotReady: The engine is shutting down.
@@ -209,10 +224,10 @@ class InferenceEngine:
         """
         if self._closing:
             raise ModelNotReady("the service is shutting down", headers={"Retry-After": "1"})
-        if len(self._queue) + len(tensors) > self.config.max_queue_size:
+        if len(self._queue) + len(images) > self.config.max_queue_size:
             raise Overloaded("the inference queue is full; retry shortly", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
-        jobs = [_Job(t, top_k, map_request, deadline, loop.create_future()) for t in tensors]
+        jobs = [_Job(image, top_k, map_request, deadline, loop.create_future()) for image in images]
         self._queue.extend(jobs)
         self._idle.clear()
         self.metrics.queue_depth.set(len(self._queue))
@@ -281,7 +296,7 @@ class InferenceEngine:
     # -- the inference thread ----------------------------------------------------------------------
     def _run_jobs(self, jobs: list[_Job]) -> list[Prediction | Overloaded]:
         started = time.perf_counter()
-        sizes = [(int(job.tensor.shape[-2]), int(job.tensor.shape[-1])) for job in jobs]
+        sizes = [(int(job.pixels.shape[0]), int(job.pixels.shape[1])) for job in jobs]
         results: list[Prediction | Overloaded | None] = [None] * len(jobs)
         for group in plan_groups(sizes, self.config.max_batch_pixels):
             predictions = self._forward_or_split([jobs[i] for i in group])
@@ -301,7 +316,7 @@ class InferenceEngine:
         try:
             return list(
                 self._forward(
-                    [job.tensor for job in jobs],
+                    [job.pixels for job in jobs],
                     [job.top_k for job in jobs],
                     [job.map_request for job in jobs],
                 )
@@ -318,10 +333,10 @@ class InferenceEngine:
 
     @torch.inference_mode()
     def _forward(
-        self, tensors: list[Tensor], top_ks: list[int], map_requests: list[MapRequest | None]
+        self, images: list[Tensor], top_ks: list[int], map_requests: list[MapRequest | None]
     ) -> list[Prediction]:
         """One forward pass over images of possibly different sizes; runs in the inference thread."""
-        x, input_size = self._collate(tensors)
+        x, input_size = self._collate(images)
         autocast = (
             torch.autocast(self.device.type, dtype=self.config.amp_dtype)
             if self.config.amp_dtype is not None
@@ -340,24 +355,30 @@ class InferenceEngine:
             self._attach_maps(output, indices[:, 0], map_requests, predictions)
         return predictions
 
-    def _collate(self, tensors: list[Tensor]) -> tuple[Tensor, Tensor | None]:
-        """Stack (or zero-pad) images into one batch on the device; valid sizes when padded."""
+    def _collate(self, images: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Normalise (H, W, C) uint8 images into one batch on the device; valid sizes when padded.
+
+        Pixels travel as bytes and are normalised on the device, a whole batch at once. Images of
+        different sizes are each normalised and then zero-padded: zero in the normalised space is what
+        the network's masking expects beyond an image.
+        """
         pin = self.device.type == "cuda"
-        channels = tensors[0].shape[0]
-        height = max(t.shape[-2] for t in tensors)
-        width = max(t.shape[-1] for t in tensors)
-        uniform = all(t.shape[-2] == height and t.shape[-1] == width for t in tensors)
-        batch = torch.zeros(len(tensors), channels, height, width, pin_memory=pin)
-        for i, tensor in enumerate(tensors):
-            batch[i, :, : tensor.shape[-2], : tensor.shape[-1]] = tensor
-        input_size = None
-        if not uniform:
-            input_size = torch.tensor([[t.shape[-2], t.shape[-1]] for t in tensors], dtype=torch.long)
-            input_size = input_size.to(self.device, non_blocking=pin)
-        batch = batch.to(self.device, non_blocking=pin)
-        if self.config.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch, input_size
+        spec = self.preprocessing
+        height = max(int(image.shape[0]) for image in images)
+        width = max(int(image.shape[1]) for image in images)
+        if all(image.shape[0] == height and image.shape[1] == width for image in images):
+            stacked = torch.stack(images)
+            batch = normalize_pixels(stacked.pin_memory() if pin else stacked, spec, self.device)
+            input_size = None
+        else:
+            batch = torch.zeros(len(images), spec.channels, height, width, device=self.device)
+            for i, image in enumerate(images):
+                normalized = normalize_pixels(image.unsqueeze(0), spec, self.device)[0]
+                batch[i, :, : image.shape[0], : image.shape[1]] = normalized
+            sizes = [[int(image.shape[0]), int(image.shape[1])] for image in images]
+            input_size = torch.tensor(sizes, dtype=torch.long).to(self.device, non_blocking=pin)
+        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        return batch.contiguous(memory_format=memory_format), input_size
 
     @staticmethod
     def _attach_maps(

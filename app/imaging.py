@@ -23,7 +23,7 @@ from app.colormaps import COLORMAPS
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
 from models.attention_net import upsample_to_input as model_upsample_to_input
 from models.checkpoint import Preprocessing
-from models.preprocessing import to_8bit, to_model_input
+from models.preprocessing import to_8bit, to_pixels
 
 Colormap = Literal["turbo", "viridis"]
 OVERLAY_ALPHA = 0.5  # weight of the colormap over the input image
@@ -37,13 +37,13 @@ class DecodedImage:
     """One request image, ready for the model.
 
     Attributes:
-        tensor: Normalised model input, (C, H, W).
+        pixels: The image in the card's colour mode, (H, W, C) uint8; the engine normalises batches.
         width: Width of the input in pixels, after EXIF orientation.
         height: Height of the input in pixels, after EXIF orientation.
         rgb: The input as (H, W, 3) uint8, kept only when an overlay was asked for.
     """
 
-    tensor: Tensor
+    pixels: Tensor
     width: int
     height: int
     rgb: NDArray[np.uint8] | None = None
@@ -102,12 +102,12 @@ def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = Fals
     try:
         image.load()
         image = ImageOps.exif_transpose(image) or image
-        tensor = to_model_input(image, spec)
+        pixels = to_pixels(image, spec)
         rgb = np.asarray(to_8bit(image).convert("RGB"), dtype=np.uint8) if keep_rgb else None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise InvalidImage(f"the image could not be decoded: {exc}") from exc
-    height, width = tensor.shape[-2:]
-    return DecodedImage(tensor, int(width), int(height), rgb)
+    height, width = pixels.shape[:2]
+    return DecodedImage(pixels, int(width), int(height), rgb)
 
 
 def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride: int) -> Tensor:

@@ -119,7 +119,7 @@ class Predictor:
                 decoded = [convert(image) for image in opened]
             else:
                 decoded = await self._in_pool(convert, opened)
-        predictions = await self.engine.predict([d.tensor for d in decoded], top_k, map_request, deadline)
+        predictions = await self.engine.predict([d.pixels for d in decoded], top_k, map_request, deadline)
         return decoded, predictions
 
     def _deadline(self) -> _Deadline:

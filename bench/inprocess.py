@@ -23,6 +23,7 @@ from app.predictor import Limits, MapOptions, Predictor
 from app.runtime import choose_amp_dtype
 from models.attention_net import AttentionNet, upsample_to_input
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
+from models.preprocessing import normalize_pixels
 
 
 def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, attention: bool) -> float:
@@ -33,7 +34,7 @@ def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, atten
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or done == 0:
         decoded = [decode_image(data, card.preprocessing, 1 << 26, 16) for _ in range(batch)]
-        predictions = engine._forward([d.tensor for d in decoded], [5] * batch, [request] * batch)
+        predictions = engine._forward([d.pixels for d in decoded], [5] * batch, [request] * batch)
         for image, prediction in zip(decoded, predictions, strict=True):
             if attention:
                 orjson.dumps(predictor._render(image, prediction, options))
@@ -80,13 +81,13 @@ def map_cost(
 
     def ours() -> None:
         predictions = engine._forward(
-            [d.tensor for d in decoded], [5] * batch, [MapRequest("evidence")] * batch
+            [d.pixels for d in decoded], [5] * batch, [MapRequest("evidence")] * batch
         )
         for image, prediction in zip(decoded, predictions, strict=True):
             predictor._render(image, prediction, options)
 
     def gradcam() -> None:
-        x = torch.stack([d.tensor for d in decoded]).to(engine.device)
+        x = normalize_pixels(torch.stack([d.pixels for d in decoded]), card.preprocessing, engine.device)
         maps = grad_cam(model, x, card.config.feature_stride).cpu()
         for image, grid in zip(decoded, maps, strict=True):  # same PNG work as ours, on the full-size map
             predictor._render(image, _as_prediction(grid), options)
@@ -132,10 +133,12 @@ def main() -> None:
     model, card = load_model(args.model_dir, device)
     model.fuse_for_inference()
     amp = choose_amp_dtype(args.amp, device)  # as the service resolves GLIMPSE_AMP_DTYPE
-    engine = InferenceEngine(model, device, EngineConfig(max_batch_size=args.batch, amp_dtype=amp), Metrics())
+    config = EngineConfig(max_batch_size=args.batch, amp_dtype=amp)
+    engine = InferenceEngine(model, card.preprocessing, device, config, Metrics())
     predictor = Predictor(engine, card, Limits(1 << 26, 16, 10.0), pool=None)  # type: ignore[arg-type]
     decoded = decode_image(data, card.preprocessing, 1 << 26, 16)
-    x = torch.stack([decoded.tensor] * args.batch).to(device).contiguous(memory_format=torch.channels_last)
+    x = normalize_pixels(torch.stack([decoded.pixels] * args.batch), card.preprocessing, device)
+    x = x.contiguous(memory_format=torch.channels_last)
     cores = len(os.sched_getaffinity(0))
     result: dict[str, Any] = {"batch": args.batch, "precision": engine.precision, "by_torch_threads": {}}
     # The ceiling is the best of one thread and one per core: on a shared 2-core machine OpenMP's

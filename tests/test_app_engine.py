@@ -18,8 +18,11 @@ pytestmark = pytest.mark.anyio
 
 
 def make_engine(**config: object) -> InferenceEngine:
-    model, _ = load_model(DEFAULT_MODEL_DIR)
-    return InferenceEngine(model.fuse_for_inference(), torch.device("cpu"), EngineConfig(**config), Metrics())  # type: ignore[arg-type]
+    model, card = load_model(DEFAULT_MODEL_DIR)
+    config_ = EngineConfig(**config)  # type: ignore[arg-type]
+    return InferenceEngine(
+        model.fuse_for_inference(), card.preprocessing, torch.device("cpu"), config_, Metrics()
+    )
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def test_plan_groups_keeps_sizes_together_and_splits_wasteful_padding() -> None:
 
 def random_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(1, h, w, generator=generator) for h, w in sizes]
+    return [torch.randint(0, 256, (h, w, 1), generator=generator, dtype=torch.uint8) for h, w in sizes]
 
 
 async def test_mixed_size_batch_equals_single_image_runs(engine: InferenceEngine) -> None:
@@ -55,7 +58,7 @@ async def test_mixed_size_batch_equals_single_image_runs(engine: InferenceEngine
         assert together.grid is not None
         assert alone.grid is not None
         assert (
-            together.grid.shape == alone.grid.shape == ((image.shape[1] + 3) // 4, (image.shape[2] + 3) // 4)
+            together.grid.shape == alone.grid.shape == ((image.shape[0] + 3) // 4, (image.shape[1] + 3) // 4)
         )
         assert torch.allclose(together.grid, alone.grid, atol=1e-5)
     assert engine.metrics.batch_size.collect()[0].samples  # the batch was observed

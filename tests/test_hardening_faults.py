@@ -43,16 +43,16 @@ class OutOfMemoryAbove(nn.Module):
 
 
 def oom_engine(capacity: int) -> tuple[InferenceEngine, OutOfMemoryAbove]:
-    model, _ = load_model(DEFAULT_MODEL_DIR)
+    model, card = load_model(DEFAULT_MODEL_DIR)
     fake = OutOfMemoryAbove(model.fuse_for_inference(), capacity)
     config = EngineConfig(max_batch_size=8, max_batch_delay_ms=50.0)
-    engine = InferenceEngine(fake, torch.device("cpu"), config, Metrics())  # type: ignore[arg-type]
+    engine = InferenceEngine(fake, card.preprocessing, torch.device("cpu"), config, Metrics())  # type: ignore[arg-type]
     return engine, fake
 
 
 def images(count: int) -> list[Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return [torch.randn(1, 60, 60, generator=generator) for _ in range(count)]
+    return [torch.randint(0, 256, (60, 60, 1), generator=generator, dtype=torch.uint8) for _ in range(count)]
 
 
 @pytest.mark.anyio
