@@ -384,6 +384,7 @@ def main() -> None:
         "enough that the GPU, not HTTP or decoding, bounds the throughput",
     )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
+    parser.add_argument("--note", default="", help="stored with the results (e.g. 'CUDA MPS on')")
     args = parser.parse_args()
     image = BENCH / "canvas60.png"
     from models.checkpoint import DEFAULT_MODEL_DIR
@@ -393,6 +394,7 @@ def main() -> None:
         "command": " ".join(["python", "-m", "bench.run", *sys.argv[1:]]),
         "machine": machine(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": args.note,
         "servers": {},
     }
     print(f"machine: {result['machine']}", flush=True)
@@ -416,11 +418,9 @@ def main() -> None:
         stages = tuple((int(width), int(stride)) for width, stride in args.large_stages)
         model_dir, large_image = large_model(BENCH / "results" / "tmp" / "large", stages)
         large_env = {**env, "GLIMPSE_MODEL_DIR": str(model_dir), "GLIMPSE_WARMUP_IMAGE_SIZE": "224"}
-        result["large"] = {
-            "stages": stages,
-            "in_process": in_process(args, model_dir, large_image, batch),
-            "servers": {},
-        }
+        result["large"] = {"stages": stages, "servers": {}}
+        if not args.skip_in_process:
+            result["large"]["in_process"] = in_process(args, model_dir, large_image, batch)
         args.concurrency = args.large_concurrency
         for server in args.large or ["glimpse"]:
             variant = dict(kv.split("=", 1) for kv in server.partition(":")[2].split(",") if kv)

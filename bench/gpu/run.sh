@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmark, offline: installs bench/gpu/wheels (see fetch.sh) beside the host's torch, unpacks
-# wrk into /tmp, then serves the bundled model at concurrency 16, 64 and 256 with several uvicorn worker
-# counts, and the 224² RGB configuration against its raw batched-forward throughput.
-# Extra arguments go to bench.run and replace the defaults below that they name.
+# wrk into /tmp, then serves the bundled model at concurrency 16, 64 and 256 on the GPU and, for
+# comparison, on the host's CPU cores; then the 224² RGB configuration against its raw batched-forward
+# throughput. A second pass repeats the GPU servers under CUDA MPS, so that the workers' kernels share
+# the GPU instead of taking turns (skipped when nvidia-cuda-mps-control is missing or fails to start).
+# Extra arguments go to both bench.run passes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/glimpse-site \
@@ -14,7 +16,17 @@ export LD_LIBRARY_PATH="/tmp/glimpse-wrk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PA
 wrk -v | head -1 || true  # wrk -v exits 1
 python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))'
 one="GLIMPSE_TORCH_THREADS=1,GLIMPSE_DECODE_THREADS=1"
-python3 -m bench.run --device cuda --endpoints /predict /attention-map --concurrency 16 64 256 --wrk-threads 4 \
-  --servers "glimpse:WORKERS=8,$one" "glimpse:WORKERS=12,$one" \
-  --large "glimpse:WORKERS=4,GLIMPSE_TORCH_THREADS=1,GLIMPSE_DECODE_THREADS=3" "glimpse:WORKERS=12,$one" \
-  "$@"
+common=(--device cuda --endpoints /predict /attention-map --concurrency 16 64 256 --wrk-threads 4 --duration 8)
+python3 -m bench.run "${common[@]}" \
+  --servers "glimpse:WORKERS=12,$one" "glimpse:WORKERS=14,GLIMPSE_DEVICE=cpu,$one" \
+  --large "glimpse:WORKERS=12,$one" "$@"
+if command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/glimpse-mps CUDA_MPS_LOG_DIRECTORY=/tmp/glimpse-mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    echo "== CUDA MPS on"
+    python3 -m bench.run "${common[@]}" --skip-in-process --note "CUDA MPS on" --servers "glimpse:WORKERS=12,$one" \
+      --large "glimpse:WORKERS=12,$one" "$@" || echo "MPS pass failed"
+    echo quit | nvidia-cuda-mps-control
+  fi
+fi
