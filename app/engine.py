@@ -24,10 +24,13 @@ from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
+from app.imaging import render_heatmaps
 from app.metrics import Metrics
 from models.attention_net import AttentionNet, AttentionOutput
 from models.checkpoint import Preprocessing
@@ -56,12 +59,15 @@ class Prediction:
         scores: Their softmax probabilities.
         target: The class the map explains (None when no map was asked for).
         grid: The requested map over the valid feature grid, (h, w) float32 on the CPU.
+        heat: The map resampled onto the input's pixels and scaled to 0…255 (negative evidence shown
+            as 0), (H, W) uint8 — what the heatmap PNG shows.
     """
 
     indices: list[int]
     scores: list[float]
     target: int | None = None
     grid: Tensor | None = None
+    heat: NDArray[np.uint8] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -352,7 +358,8 @@ class InferenceEngine:
             for index_row, score_row, k in zip(indices_list, scores_list, top_ks, strict=True)
         ]
         if any(request is not None for request in map_requests):
-            self._attach_maps(output, indices[:, 0], map_requests, predictions)
+            sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
+            self._attach_maps(output, indices[:, 0], map_requests, sizes, predictions)
         return predictions
 
     def _collate(self, images: list[Tensor]) -> tuple[Tensor, Tensor | None]:
@@ -380,14 +387,16 @@ class InferenceEngine:
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         return batch.contiguous(memory_format=memory_format), input_size
 
-    @staticmethod
     def _attach_maps(
+        self,
         output: AttentionOutput,
         top_class: Tensor,
         map_requests: list[MapRequest | None],
+        sizes: list[tuple[int, int]],
         predictions: list[Prediction],
     ) -> None:
-        """Cut each requested map (evidence for its target, or raw attention) to its valid grid."""
+        """Cut each requested map (evidence for its target, or raw attention) to its valid grid and
+        render its heat image; images of one size and kind are rendered in one batched call."""
         targets = torch.tensor(
             [
                 request.target if request is not None and request.target is not None else int(top_class[i])
@@ -399,11 +408,20 @@ class InferenceEngine:
         evidence = output.evidence(targets).float().cpu() if "evidence" in kinds else None
         attention = output.attention.float().cpu() if "attention" in kinds else None
         valid = output.valid_size.cpu().tolist()
+        groups: dict[tuple[MapKind, int, int], list[tuple[int, Tensor]]] = {}
         for i, request in enumerate(map_requests):
             if request is None:
                 continue
             maps = evidence if request.kind == "evidence" else attention
             assert maps is not None
             grid_height, grid_width = valid[i]
-            predictions[i].target = int(targets[i])
-            predictions[i].grid = maps[i, :grid_height, :grid_width].clone()
+            grid = maps[i, :grid_height, :grid_width].clone()
+            predictions[i].target, predictions[i].grid = int(targets[i]), grid
+            groups.setdefault((request.kind, *sizes[i]), []).append((i, grid))
+        stride = self.model.config.feature_stride
+        for (kind, height, width), members in groups.items():
+            grids = torch.stack([grid for _, grid in members])
+            shown = grids.clamp(min=0) if kind == "evidence" else grids  # heat shows positive evidence
+            heats = render_heatmaps(shown, height, width, stride).numpy()
+            for (i, _), heat in zip(members, heats, strict=True):
+                predictions[i].heat = heat

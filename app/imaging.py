@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
@@ -110,18 +111,36 @@ def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = Fals
     return DecodedImage(pixels, int(width), int(height), rgb)
 
 
-def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride: int) -> Tensor:
-    """:func:`models.attention_net.upsample_to_input` for one (h, w) map."""
-    return model_upsample_to_input(grid.view(1, *grid.shape[-2:]), input_height, input_width, stride)[0]
+def render_heatmaps(maps: Tensor, input_height: int, input_width: int, stride: int) -> Tensor:
+    """Resample feature-grid maps onto the input's pixels and scale them to 8-bit heat images.
+
+    One batched call for maps of images of one size: the engine renders a batch's maps together, on
+    its device, instead of a few tensor operations per image on the event loop.
+
+    Args:
+        maps: (B, h, w) maps over each image's valid feature grid.
+        input_height: Height of the images in pixels.
+        input_width: Width of the images in pixels.
+        stride: The network's feature stride.
+
+    Returns:
+        (B, input_height, input_width) uint8 heat images (see :func:`heatmaps_to_uint8`).
+    """
+    return heatmaps_to_uint8(model_upsample_to_input(maps, input_height, input_width, stride))
 
 
-def heatmap_to_uint8(heatmap: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """Scale a non-negative map so its maximum is 255; an all-zero map stays zero."""
-    peak = float(heatmap.max()) if heatmap.size else 0.0
-    if not np.isfinite(peak) or peak <= 0.0:
-        return np.zeros(heatmap.shape, dtype=np.uint8)
-    scaled: NDArray[np.uint8] = np.rint(np.clip(heatmap, 0.0, None) * (255.0 / peak)).astype(np.uint8)
-    return scaled
+def heatmaps_to_uint8(heatmaps: Tensor) -> Tensor:
+    """Scale each (H, W) map of a (B, H, W) batch so its maximum is 255, negatives to 0, rounding to
+    nearest; a map with no positive (or a non-finite) maximum becomes all zero."""
+    peak = heatmaps.amax(dim=(1, 2), keepdim=True) if heatmaps.numel() else heatmaps.new_zeros(0, 1, 1)
+    usable = torch.isfinite(peak) & (peak > 0)
+    scale = torch.where(usable, 255.0 / torch.where(usable, peak, 1.0), 0.0)
+    return torch.round(heatmaps.clamp(min=0) * scale).clamp(max=255).to(torch.uint8)
+
+
+# Up to this many pixels a PNG is stored without compression: deflate's fixed set-up (~30 µs) then
+# costs more than the rest of the map, and saves a client at most a few kilobytes.
+STORED_PNG_MAX_PIXELS = 64 * 64
 
 
 def encode_png(array: NDArray[np.uint8]) -> bytes:
@@ -129,7 +148,8 @@ def encode_png(array: NDArray[np.uint8]) -> bytes:
     mode = "L" if array.ndim == 2 else "RGB"
     buffer = io.BytesIO()
     # Level 1 is several times faster than the default and only slightly larger for smooth maps.
-    Image.fromarray(array, mode=mode).save(buffer, format="PNG", compress_level=1)
+    level = 0 if array.shape[0] * array.shape[1] <= STORED_PNG_MAX_PIXELS else 1
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG", compress_level=level)
     return buffer.getvalue()
 
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-import torch
-
 from app.engine import InferenceEngine, MapKind, MapRequest, Prediction
 from app.errors import DeadlineExceeded, InvalidParameter
 from app.imaging import (
@@ -27,10 +25,8 @@ from app.imaging import (
     DecodedImage,
     convert_image,
     encode_png,
-    heatmap_to_uint8,
     open_image,
     overlay,
-    upsample_to_input,
 )
 from models.checkpoint import ModelCard
 
@@ -140,15 +136,12 @@ class Predictor:
             for index, score in zip(prediction.indices, prediction.scores, strict=True)
         ]
 
-    @torch.inference_mode()
     def _render(self, decoded: DecodedImage, prediction: Prediction, options: MapOptions) -> dict[str, Any]:
-        """Upsample the grid onto the input's pixels and encode the PNGs; runs in the decode pool."""
+        """Encode the engine's heat image (and the overlay) as PNGs; in the decode pool unless small."""
         assert prediction.grid is not None
         assert prediction.target is not None
-        grid = prediction.grid
-        shown = grid.clamp(min=0) if options.kind == "evidence" else grid
-        upsampled = upsample_to_input(shown, decoded.height, decoded.width, self.stride)
-        heat = heatmap_to_uint8(upsampled.numpy())
+        assert prediction.heat is not None
+        grid, heat = prediction.grid, prediction.heat
         blended = None
         if options.colormap is not None:
             assert decoded.rgb is not None

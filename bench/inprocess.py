@@ -17,7 +17,7 @@ import orjson
 import torch
 
 from app.engine import EngineConfig, InferenceEngine, MapRequest
-from app.imaging import decode_image
+from app.imaging import decode_image, heatmaps_to_uint8
 from app.metrics import Metrics
 from app.predictor import Limits, MapOptions, Predictor
 from app.runtime import choose_amp_dtype
@@ -88,9 +88,10 @@ def map_cost(
 
     def gradcam() -> None:
         x = normalize_pixels(torch.stack([d.pixels for d in decoded]), card.preprocessing, engine.device)
-        maps = grad_cam(model, x, card.config.feature_stride).cpu()
-        for image, grid in zip(decoded, maps, strict=True):  # same PNG work as ours, on the full-size map
-            predictor._render(image, _as_prediction(grid), options)
+        maps = grad_cam(model, x, card.config.feature_stride)
+        heats = heatmaps_to_uint8(maps).cpu().numpy()  # the same scaling and PNG work as ours
+        for image, grid, heat in zip(decoded, maps.cpu(), heats, strict=True):
+            predictor._render(image, _as_prediction(grid, heat), options)
 
     return {
         "attention_map_s": _per_image(ours, batch, seconds),
@@ -98,10 +99,10 @@ def map_cost(
     }
 
 
-def _as_prediction(grid: torch.Tensor) -> Any:
+def _as_prediction(grid: torch.Tensor, heat: Any) -> Any:
     from app.engine import Prediction
 
-    return Prediction([0], [1.0], 0, grid)
+    return Prediction([0], [1.0], 0, grid, heat)
 
 
 def _per_image(function: Any, batch: int, seconds: float) -> float:

@@ -12,7 +12,6 @@ import torch
 from conftest import b64
 from PIL import Image
 
-from app.imaging import upsample_to_input
 from models.attention_net import upsample_to_input as model_upsample
 from models.checkpoint import Preprocessing
 from models.preprocessing import to_8bit, to_model_input
@@ -87,11 +86,11 @@ def test_preprocessing_matches_the_reference_formula(color_mode: str, mode: str)
 @pytest.mark.parametrize(
     ("grid_size", "image_size"), [((15, 15), (60, 60)), ((1, 7), (3, 27)), ((9, 4), (33, 14))]
 )
-def test_cached_upsampling_is_bitwise_the_models(
+def test_cached_upsampling_grid_serves_in_and_out_of_inference_mode(
     grid_size: tuple[int, int], image_size: tuple[int, int]
 ) -> None:
-    grid = torch.rand(*grid_size)
-    ours = upsample_to_input(grid, *image_size, 4)
-    assert torch.equal(ours, model_upsample(grid.unsqueeze(0), *image_size, 4)[0])
-    with torch.inference_mode():  # the cached grid is made outside inference mode, usable in both
-        assert torch.equal(upsample_to_input(grid, *image_size, 4), ours)
+    grid = torch.rand(2, *grid_size)
+    outside = model_upsample(grid, *image_size, 4)
+    assert outside.shape == (2, *image_size)
+    with torch.inference_mode():  # the cached sampling grid is made outside inference mode
+        assert torch.equal(model_upsample(grid, *image_size, 4), outside)

@@ -13,7 +13,16 @@ from conftest import png_bytes
 from PIL import Image
 
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
-from app.imaging import COLORMAPS, DecodedImage, decode_image, encode_png, heatmap_to_uint8, overlay
+from app.imaging import (
+    COLORMAPS,
+    DecodedImage,
+    decode_image,
+    encode_png,
+    heatmaps_to_uint8,
+    overlay,
+    render_heatmaps,
+)
+from models.attention_net import upsample_to_input as model_upsample
 from models.checkpoint import Preprocessing
 from models.preprocessing import normalize_pixels, to_model_input
 
@@ -124,19 +133,52 @@ def test_keep_rgb_gives_the_input_as_rgb_uint8() -> None:
     assert np.array_equal(decoded.rgb[..., 0], gradient())
 
 
-def test_heatmap_scaling_puts_the_maximum_at_255() -> None:
-    heat = heatmap_to_uint8(np.array([[0.0, 0.5], [1.0, 2.0]], dtype=np.float32))
-    assert heat.tolist() == [[0, 64], [128, 255]]
-    assert heatmap_to_uint8(np.zeros((2, 2), dtype=np.float32)).max() == 0
+def test_heatmap_scaling_puts_each_maximum_at_255() -> None:
+    maps = torch.tensor(
+        [
+            [[0.0, 0.5], [1.0, 2.0]],
+            [[-1.0, 0.25], [0.5, 1.0]],  # negatives show as 0
+            [[0.0, 0.0], [0.0, 0.0]],  # nothing to show: all zero, not a division by zero
+            [[-1.0, -2.0], [-0.5, -3.0]],
+            [[1.0, float("nan")], [0.5, 0.25]],  # a broken map is blank, never garbage
+        ]
+    )
+    heat = heatmaps_to_uint8(maps)
+    assert heat.dtype == torch.uint8
+    assert heat.tolist() == [
+        [[0, 64], [128, 255]],
+        [[0, 64], [128, 255]],
+        [[0, 0], [0, 0]],
+        [[0, 0], [0, 0]],
+        [[0, 0], [0, 0]],
+    ]
 
 
-def test_png_encoding_round_trips() -> None:
-    heat = gradient()
+def test_batched_rendering_equals_rendering_each_map_alone() -> None:
+    maps = torch.rand(5, 15, 15) - 0.2
+    together = render_heatmaps(maps, 60, 57, 4)
+    assert together.shape == (5, 60, 57)
+    for index in range(5):
+        alone = render_heatmaps(maps[index : index + 1], 60, 57, 4)[0]
+        assert torch.equal(together[index], alone)
+        upsampled = model_upsample(maps[index : index + 1], 60, 57, 4)[0]
+        assert int(together[index].flatten()[int(upsampled.argmax())]) == 255  # the peak stays the peak
+
+
+@pytest.mark.parametrize("size", [(30, 40), (64, 64), (65, 64), (200, 120)])  # stored and deflated
+def test_png_encoding_round_trips(size: tuple[int, int]) -> None:
+    heat = gradient(width=size[1], height=size[0])
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(heat)))), heat)
     rgb = np.stack([heat, 255 - heat, heat // 2], axis=-1)
     decoded = Image.open(io.BytesIO(encode_png(rgb)))
     assert decoded.mode == "RGB"
     assert np.array_equal(np.asarray(decoded), rgb)
+
+
+def test_only_maps_larger_than_64x64_are_compressed() -> None:
+    small, large = np.zeros((64, 64), dtype=np.uint8), np.zeros((65, 64), dtype=np.uint8)
+    assert len(encode_png(small)) > small.size  # stored: every byte of every row is there
+    assert len(encode_png(large)) < large.size // 10
 
 
 def test_colormaps_match_matplotlib_endpoints_and_overlay_blends_half() -> None:
