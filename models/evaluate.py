@@ -7,7 +7,7 @@ Reports, for cluttered-MNIST test canvases at 60×60 and 100×100 (one model ser
   map of the true class, both resampled to input pixels: the pointing game (the map's argmax lies in
   the box, ±2 px) and energy-in-box (share of the map's mass inside the box);
 * the same accuracy after a JPEG (quality 90) round trip and as 3-channel RGB, through the serving
-  preprocessing;
+  preprocessing, and in bfloat16 arithmetic (CPU autocast), as the service runs where that is native;
 * CPU cost per 60×60 image (batch 16, 2 threads, batch norm folded, channels-last).
 
 Example::
@@ -119,6 +119,10 @@ def evaluate_size(model: AttentionNet, card: ModelCard, canvases: CanvasSet) -> 
     for name, images in variants.items():
         variant_predictions, _, _ = predict_with_maps(model, preprocess_all(images, card), labels)
         robustness[f"{name}_accuracy"] = round(float((variant_predictions == labels).float().mean()), 4)
+    # bfloat16 is how the service runs on CUDA and on AMX CPUs (GLIMPSE_AMP_DTYPE=auto).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_predictions, _, _ = predict_with_maps(model, inputs, labels)
+    robustness["bfloat16_accuracy"] = round(float((bf16_predictions == labels).float().mean()), 4)
     return {
         "canvases": len(labels),
         "accuracy": round(float(correct.float().mean()), 4),

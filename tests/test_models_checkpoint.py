@@ -109,6 +109,7 @@ def test_bundled_default_model_is_small_verified_and_evaluated(tmp_path: Path) -
             "attention_map",
             "jpeg_q90_accuracy",
             "rgb_accuracy",
+            "bfloat16_accuracy",
         } <= set(metrics)
     assert card.evaluation["cpu_cost"]["batch"] == 16
     assert "stage1" in card.training
