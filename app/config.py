@@ -49,8 +49,19 @@ class Settings(BaseSettings):
         description="After SIGTERM, seconds to keep serving while /health/ready answers 503.",
     )  # fmt: skip
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads for the model; 0 means one per core.")
-    decode_threads: int = Field(0, ge=0, description="Threads decoding and encoding images; 0 means cores.")
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads for the model; 0 means this worker's share of the cores."
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="Threads decoding and encoding images; 0 means this worker's share of the cores."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        validation_alias="WEB_CONCURRENCY",
+        description="uvicorn's worker processes (uvicorn reads WEB_CONCURRENCY itself); the cores are "
+        "shared out among them.",
+    )
     amp_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
         description="Autocast dtype for the forward pass; float32 disables AMP. auto: bfloat16 on CUDA "
@@ -82,6 +93,11 @@ class Settings(BaseSettings):
     @property
     def cpu_count(self) -> int:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    @property
+    def cores_per_worker(self) -> int:
+        """This process's share of the cores: several workers each taking every core thrash."""
+        return max(1, self.cpu_count // self.workers)
 
 
 @lru_cache

@@ -41,7 +41,7 @@ def choose_device(requested: str) -> torch.device:
 
 
 def configure_torch(settings: Settings, device: torch.device) -> None:
-    torch.set_num_threads(settings.torch_threads or settings.cpu_count)
+    torch.set_num_threads(settings.torch_threads or settings.cores_per_worker)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes repeat: let cuDNN pick the fastest kernels
         torch.backends.cuda.matmul.allow_tf32 = True

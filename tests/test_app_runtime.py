@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from app import runtime
+from app.config import Settings
 from app.lifecycle import DeviceUnavailable
 
 
@@ -39,3 +40,21 @@ def test_cuda_without_a_gpu_is_a_startup_error() -> None:
     with pytest.raises(DeviceUnavailable, match="no CUDA device"):
         runtime.choose_device("cuda")
     assert runtime.choose_device("auto") == torch.device("cpu")
+
+
+def test_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's WEB_CONCURRENCY workers each take their share of the cores, not all of them."""
+    monkeypatch.setattr(Settings, "cpu_count", property(lambda self: 8))
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.workers, settings.cores_per_worker) == (3, 2)
+    previous = torch.get_num_threads()
+    try:
+        runtime.configure_torch(settings, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
+        runtime.configure_torch(Settings(_env_file=None, torch_threads=5), torch.device("cpu"))  # type: ignore[call-arg]
+        assert torch.get_num_threads() == 5  # an explicit setting wins
+    finally:
+        torch.set_num_threads(previous)
+    monkeypatch.setenv("WEB_CONCURRENCY", "16")
+    assert Settings(_env_file=None).cores_per_worker == 1  # type: ignore[call-arg]
