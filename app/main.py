@@ -82,7 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     pool = ThreadPoolExecutor(
-        settings.decode_threads or settings.cpu_count, thread_name_prefix="glimpse-decode"
+        settings.decode_threads or settings.cores_per_worker, thread_name_prefix="glimpse-decode"
     )
     limits = Limits(
         max_image_pixels=settings.max_image_pixels,
