@@ -24,6 +24,7 @@ from app.engine import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
 from app.hotpath import HotPath
 from app.lifecycle import DeviceUnavailable, QuietStartupFailure, StartupFailed, drain_on_sigterm
+from app.memory import FreedMemoryTrimmer
 from app.metrics import Metrics, MetricsMiddleware
 from app.predictor import Limits, Predictor
 from app.routes import attention, health, metrics, models, predict
@@ -90,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         request_timeout_s=settings.request_timeout_s,
     )
     app.state.predictor = Predictor(engine, card, limits, pool)
+    trimmer = FreedMemoryTrimmer().start()  # a rare big batch must not raise RSS for good
     app.state.ready = True
     logger.info(
         "ready in %.2f s: %s %s on %s (%s), batch ≤ %d, delay ≤ %.1f ms",
@@ -104,6 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         await engine.stop()
         pool.shutdown(wait=True)
+        trimmer.stop()
         app.state.predictor = None
         logger.info("stopped")
 
