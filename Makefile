@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest setup setup-dev evaluate container-test browser-test clean
+.PHONY: serve test lint typecheck pytest audit setup setup-dev evaluate container-test browser-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,16 @@ typecheck:
 pytest:
 	$(BIN)/pytest
 
-# Lint, type-check and the whole default test suite (the container test has its own target).
+# Known vulnerabilities in the installed packages (scripts/audit.py): exit 1 on a finding, 2 when a
+# package could not be audited (offline, or older than its latest release while only PyPI's project
+# JSON answers); every package not audited is listed by name.
+audit:
+	$(BIN)/python scripts/audit.py
+
+# Lint, type-check, the whole default test suite (the container test has its own target), then the
+# audit: a known vulnerability fails the run; being offline only prints what went unaudited.
 test: setup-dev lint typecheck pytest
+	$(BIN)/python scripts/audit.py --allow-incomplete
 
 evaluate:
 	$(BIN)/python -m models.evaluate models/default
