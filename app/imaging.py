@@ -114,8 +114,8 @@ def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = Fals
 def render_heatmaps(maps: Tensor, input_height: int, input_width: int, stride: int) -> Tensor:
     """Resample feature-grid maps onto the input's pixels and scale them to 8-bit heat images.
 
-    One batched call for maps of images of one size: the engine renders a batch's maps together, on
-    its device, instead of a few tensor operations per image on the event loop.
+    One batched call for maps of images of one size: the engine's inference thread renders a batch's
+    maps together, instead of a few tensor operations per image on the event loop.
 
     Args:
         maps: (B, h, w) maps over each image's valid feature grid.
