@@ -24,7 +24,7 @@ from app.engine import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
 from app.hotpath import HotPath
 from app.lifecycle import DeviceUnavailable, QuietStartupFailure, StartupFailed, drain_on_sigterm
-from app.memory import FreedMemoryTrimmer
+from app.memory import FreedMemoryTrimmer, bound_kernel_caches
 from app.metrics import Metrics, MetricsMiddleware
 from app.predictor import Limits, Predictor
 from app.routes import attention, health, metrics, models, predict
@@ -64,6 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not logger.handlers and not logging.getLogger().handlers:  # uvicorn configures only its own loggers
         logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
     started = time.perf_counter()
+    bound_kernel_caches()  # before the warm-up builds the first oneDNN kernel
     model, card, device = await load_or_fail(app, settings)
     engine_config = EngineConfig(
         max_batch_size=settings.max_batch_size,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,32 +21,39 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS line")
 
 
-def churn_in_a_thread() -> None:
-    """Allocate and free 64 MiB in 2 MiB blocks, in a thread of its own (so in an arena of its own).
+def churn_in_a_thread() -> list[np.ndarray[Any, Any]]:
+    """Free 64 MiB inside a thread's heap, as a batch's activations are: 2 MiB blocks between survivors.
 
     A first 16 MiB block raises glibc's dynamic mmap threshold, so the 2 MiB blocks come from the
-    arena, and all of them are alive at once before they are freed: afterwards the arena holds them.
+    thread's arena; each is followed by a small block that stays alive (returned), so the freed ones
+    are free chunks inside the heap, which glibc keeps resident, and not its top, which it may trim.
     """
+    survivors: list[np.ndarray[Any, Any]] = []
 
     def work() -> None:
         np.ones(16 * 2**20, dtype=np.uint8).sum()
-        blocks = [np.ones(2 * 2**20, dtype=np.uint8) for _ in range(32)]
+        blocks = []
+        for _ in range(32):
+            blocks.append(np.ones(2 * 2**20, dtype=np.uint8))
+            survivors.append(np.ones(256 * 2**10, dtype=np.uint8))
         del blocks
 
     thread = threading.Thread(target=work)
     thread.start()
     thread.join()
+    return survivors
 
 
 def test_trim_returns_freed_heap_memory_to_the_os() -> None:
     trimmer = FreedMemoryTrimmer()
     assert trimmer.supported  # the service runs on glibc (Debian here and in the image)
-    churn_in_a_thread()
+    survivors = churn_in_a_thread()
     held = rss_mib()
     assert trimmer.trim()
     released = held - rss_mib()
     print(f"RSS {held:.1f} MiB, {released:.1f} MiB released by malloc_trim")
     assert released > 32
+    assert len(survivors) == 32
 
 
 def test_the_thread_trims_periodically_and_stops() -> None:
@@ -69,3 +78,13 @@ def test_without_malloc_trim_it_does_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert not trimmer.supported
     assert not trimmer.trim()
     assert trimmer.trims == 0
+
+
+def test_kernel_caches_are_capped_unless_the_environment_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "64")  # an operator's choice
+    in_force = memory.bound_kernel_caches()
+    assert in_force == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", "LRU_CACHE_CAPACITY": "64"}
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(memory.KERNEL_CACHE_CAPACITY)
