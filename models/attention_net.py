@@ -284,7 +284,11 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
         (B, input_height, input_width) maps.
     """
     batch, height, width = grid.shape
-    sample_grid = input_sample_grid(height, width, input_height, input_width, stride).to(grid.device)
+    shape = (height, width, input_height, input_width, stride)
+    # Only small grids are cached: a grid costs 8 bytes a pixel (128 MiB at 4096²), and clients choose
+    # the sizes; building one takes microseconds next to resampling onto that many pixels anyway.
+    small = input_height * input_width <= CACHED_SAMPLE_GRID_MAX_PIXELS
+    sample_grid = (cached_input_sample_grid if small else input_sample_grid)(*shape).to(grid.device)
     sampled = F.grid_sample(
         grid.unsqueeze(1).float(),
         sample_grid.expand(batch, -1, -1, -1),
@@ -295,9 +299,11 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
     return sampled.squeeze(1)
 
 
-@functools.lru_cache(maxsize=256)
+CACHED_SAMPLE_GRID_MAX_PIXELS = 512 * 512  # at most 2 MiB a grid, 128 MiB for the whole cache
+
+
 def input_sample_grid(height: int, width: int, input_height: int, input_width: int, stride: int) -> Tensor:
-    """The (1, H, W, 2) sampling grid of :func:`upsample_to_input`, cached: it depends on shapes only."""
+    """The (1, H, W, 2) sampling grid of :func:`upsample_to_input`; it depends on shapes only."""
     with torch.inference_mode(False), torch.no_grad():
         ys = torch.arange(input_height, dtype=torch.float32) / stride
         xs = torch.arange(input_width, dtype=torch.float32) / stride
@@ -305,6 +311,9 @@ def input_sample_grid(height: int, width: int, input_height: int, input_width: i
         ny = ys / max(height - 1, 1) * 2 - 1 if height > 1 else torch.zeros_like(ys)
         nx = xs / max(width - 1, 1) * 2 - 1 if width > 1 else torch.zeros_like(xs)
         return torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1).unsqueeze(0)
+
+
+cached_input_sample_grid = functools.lru_cache(maxsize=64)(input_sample_grid)
 
 
 def channels_last(model: AttentionNet) -> AttentionNet:

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.attention_net import AttentionNet, AttentionNetConfig, upsample_to_input
+from models.attention_net import (
+    CACHED_SAMPLE_GRID_MAX_PIXELS,
+    AttentionNet,
+    AttentionNetConfig,
+    cached_input_sample_grid,
+    upsample_to_input,
+)
 
 
 def trained_like_model(seed: int = 0) -> AttentionNet:
@@ -100,3 +106,16 @@ def test_config_round_trips_through_a_dict() -> None:
         AttentionNetConfig.from_dict({**config.to_dict(), "depth": 3})
     with pytest.raises(ValueError, match="stride 1 or 2"):
         AttentionNetConfig(stages=((8, 3),))
+
+
+def test_only_small_sampling_grids_are_cached() -> None:
+    """Clients choose image sizes: a cached 4096² grid would hold 128 MiB for the life of the process."""
+    cached_input_sample_grid.cache_clear()
+    grid = torch.rand(1, 8, 8)
+    small = upsample_to_input(grid, 30, 30, 4)
+    large = upsample_to_input(torch.rand(1, 200, 200), 800, 800, 4)
+    assert cached_input_sample_grid.cache_info().currsize == 1  # the 30×30 grid only
+    assert large.shape == (1, 800, 800)
+    assert torch.equal(upsample_to_input(grid, 30, 30, 4), small)
+    assert cached_input_sample_grid.cache_info().hits == 1
+    assert cached_input_sample_grid.cache_info().maxsize * 8 * CACHED_SAMPLE_GRID_MAX_PIXELS <= 128 << 20
