@@ -4,8 +4,8 @@ Requests put images on a bounded queue and await futures. One asyncio task forms
 to ``max_batch_size`` images, waiting at most ``max_batch_delay_ms`` after the first one — and only
 while other requests are still decoding images that are about to arrive, so a lone request is never
 held back. The forward pass runs in ONE dedicated inference thread (torch's intra-op pool gives it
-every core), under ``torch.inference_mode``; while it runs, the event loop keeps accepting and
-decoding, and the next batch is already queued when the thread comes back.
+this worker's share of the cores), under ``torch.inference_mode``; while it runs, the event loop keeps
+accepting and decoding, and the next batch is already queued when the thread comes back.
 
 Images of different sizes are zero-padded to the batch's largest height and width with their valid
 sizes passed to the model, which masks the padding: the batched answer equals the single-image answer.
@@ -40,6 +40,9 @@ logger = logging.getLogger("glimpse.engine")
 
 MapKind = Literal["evidence", "attention"]
 PAD_WASTE_LIMIT = 2.0  # pad an image only up to 2× its own pixels
+# Heat images up to this size are rendered here, a batch at a time; larger ones in the decode pool, so
+# that resampling a 4096² map never holds up the next forward pass.
+RENDER_IN_BATCH_MAX_PIXELS = 512 * 512
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,7 +63,8 @@ class Prediction:
         target: The class the map explains (None when no map was asked for).
         grid: The requested map over the valid feature grid, (h, w) float32 on the CPU.
         heat: The map resampled onto the input's pixels and scaled to 0…255 (negative evidence shown
-            as 0), (H, W) uint8 — what the heatmap PNG shows.
+            as 0), (H, W) uint8 — what the heatmap PNG shows; None for images larger than
+            :data:`RENDER_IN_BATCH_MAX_PIXELS`, which the predictor renders itself.
     """
 
     indices: list[int]
@@ -420,6 +424,8 @@ class InferenceEngine:
             groups.setdefault((request.kind, *sizes[i]), []).append((i, grid))
         stride = self.model.config.feature_stride
         for (kind, height, width), members in groups.items():
+            if height * width > RENDER_IN_BATCH_MAX_PIXELS:
+                continue
             grids = torch.stack([grid for _, grid in members])
             shown = grids.clamp(min=0) if kind == "evidence" else grids  # heat shows positive evidence
             heats = render_heatmaps(shown, height, width, stride).numpy()

@@ -27,6 +27,7 @@ from app.imaging import (
     encode_png,
     open_image,
     overlay,
+    render_heatmaps,
 )
 from models.checkpoint import ModelCard
 
@@ -140,8 +141,10 @@ class Predictor:
         """Encode the engine's heat image (and the overlay) as PNGs; in the decode pool unless small."""
         assert prediction.grid is not None
         assert prediction.target is not None
-        assert prediction.heat is not None
         grid, heat = prediction.grid, prediction.heat
+        if heat is None:  # a large image: the engine left its map to this (pool) thread
+            shown = grid.clamp(min=0) if options.kind == "evidence" else grid
+            heat = render_heatmaps(shown.unsqueeze(0), decoded.height, decoded.width, self.stride)[0].numpy()
         blended = None
         if options.colormap is not None:
             assert decoded.rgb is not None

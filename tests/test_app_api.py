@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import b64, decode_png, png_bytes, started_client
 
+import app.engine as engine_module
 import app.predictor as predictor_module
 from app.config import Settings
 from app.main import create_app
@@ -240,6 +241,21 @@ async def test_models_reports_the_precision_that_was_asked_for(settings: Setting
     settings.amp_dtype = "float32"
     async for http in started_client(settings):
         assert (await http.get("/models")).json()["runtime"] == {"device": "cpu", "precision": "float32"}
+
+
+async def test_maps_rendered_in_the_batch_equal_maps_rendered_per_image(
+    settings: Settings, canvas_png: Callable[[int], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large images' heat maps are rendered by the predictor instead of the engine: same pixels."""
+    files = [("file", (f"{i}.png", canvas_png(i), "image/png")) for i in range(3)]
+    answers = []
+    for render_max_pixels in (engine_module.RENDER_IN_BATCH_MAX_PIXELS, 0):
+        monkeypatch.setattr(engine_module, "RENDER_IN_BATCH_MAX_PIXELS", render_max_pixels)
+        async for http in started_client(settings):
+            evidence = await http.post("/attention-map", params={"overlay": "true"}, files=files)
+            attention = await http.post("/attention-map", params={"kind": "attention"}, files=files)
+            answers.append((evidence.json(), attention.json()))
+    assert answers[0] == answers[1]
 
 
 @pytest.mark.parametrize("amp_dtype", ["float32", "bfloat16"])
