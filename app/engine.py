@@ -400,7 +400,7 @@ class InferenceEngine:
         predictions: list[Prediction],
     ) -> None:
         """Cut each requested map (evidence for its target, or raw attention) to its valid grid and
-        render its heat image; images of one size and kind are rendered in one batched call."""
+        render its heat image; images of one size are rendered in one batched call."""
         targets = torch.tensor(
             [
                 request.target if request is not None and request.target is not None else int(top_class[i])
@@ -412,7 +412,7 @@ class InferenceEngine:
         evidence = output.evidence(targets).float().cpu() if "evidence" in kinds else None
         attention = output.attention.float().cpu() if "attention" in kinds else None
         valid = output.valid_size.cpu().tolist()
-        groups: dict[tuple[MapKind, int, int], list[tuple[int, Tensor]]] = {}
+        by_size: dict[tuple[int, int], list[tuple[int, Tensor]]] = {}
         for i, request in enumerate(map_requests):
             if request is None:
                 continue
@@ -421,13 +421,12 @@ class InferenceEngine:
             grid_height, grid_width = valid[i]
             grid = maps[i, :grid_height, :grid_width].clone()
             predictions[i].target, predictions[i].grid = int(targets[i]), grid
-            groups.setdefault((request.kind, *sizes[i]), []).append((i, grid))
+            by_size.setdefault(sizes[i], []).append((i, grid))
         stride = self.model.config.feature_stride
-        for (kind, height, width), members in groups.items():
+        for (height, width), members in by_size.items():
             if height * width > RENDER_IN_BATCH_MAX_PIXELS:
                 continue
             grids = torch.stack([grid for _, grid in members])
-            shown = grids.clamp(min=0) if kind == "evidence" else grids  # heat shows positive evidence
-            heats = render_heatmaps(shown, height, width, stride).numpy()
+            heats = render_heatmaps(grids, height, width, stride).numpy()
             for (i, _), heat in zip(members, heats, strict=True):
                 predictions[i].heat = heat

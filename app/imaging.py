@@ -112,10 +112,11 @@ def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = Fals
 
 
 def render_heatmaps(maps: Tensor, input_height: int, input_width: int, stride: int) -> Tensor:
-    """Resample feature-grid maps onto the input's pixels and scale them to 8-bit heat images.
+    """Resample the positive part of feature-grid maps onto the input's pixels as 8-bit heat images.
 
-    One batched call for maps of images of one size: the engine's inference thread renders a batch's
-    maps together, instead of a few tensor operations per image on the event loop.
+    Negative evidence shows as 0 (attention maps are never negative, so they are unchanged). One
+    batched call for maps of images of one size: the engine's inference thread renders a batch's maps
+    together, instead of a few tensor operations per image on the event loop.
 
     Args:
         maps: (B, h, w) maps over each image's valid feature grid.
@@ -126,7 +127,7 @@ def render_heatmaps(maps: Tensor, input_height: int, input_width: int, stride: i
     Returns:
         (B, input_height, input_width) uint8 heat images (see :func:`heatmaps_to_uint8`).
     """
-    return heatmaps_to_uint8(model_upsample_to_input(maps, input_height, input_width, stride))
+    return heatmaps_to_uint8(model_upsample_to_input(maps.clamp(min=0), input_height, input_width, stride))
 
 
 def heatmaps_to_uint8(heatmaps: Tensor) -> Tensor:

@@ -97,11 +97,11 @@ class Predictor:
             decoded, predictions = await self._infer(
                 images, top_k, map_request, keep_rgb=options.colormap is not None, deadline=deadline
             )
-            pairs = list(zip(decoded, predictions, strict=True))
-            if all(image.width * image.height <= INLINE_MAX_PIXELS for image in decoded):
-                return [self._render(image, prediction, options) for image, prediction in pairs]
-            rendered = await self._in_pool(lambda pair: self._render(pair[0], pair[1], options), pairs)
-        return rendered
+            return await self._map_images(
+                lambda pair: self._render(pair[0], pair[1], options),
+                list(zip(decoded, predictions, strict=True)),
+                [image.width * image.height for image in decoded],
+            )
 
     # -- steps -------------------------------------------------------------------------------------
     async def _infer(
@@ -112,15 +112,20 @@ class Predictor:
                 open_image(data, self.limits.max_image_pixels, self.limits.min_image_size) for data in images
             ]
             convert = partial(convert_image, spec=self.card.preprocessing, keep_rgb=keep_rgb)
-            if all(image.width * image.height <= INLINE_MAX_PIXELS for image in opened):
-                decoded = [convert(image) for image in opened]
-            else:
-                decoded = await self._in_pool(convert, opened)
+            pixel_counts = [image.width * image.height for image in opened]
+            decoded = await self._map_images(convert, opened, pixel_counts)
         predictions = await self.engine.predict([d.pixels for d in decoded], top_k, map_request, deadline)
         return decoded, predictions
 
     def _deadline(self) -> _Deadline:
         return _Deadline(self.limits.request_timeout_s)
+
+    async def _map_images(self, function: Callable[[T], R], items: list[T], pixels: list[int]) -> list[R]:
+        """``function`` over one request's images: on the event loop when every image has at most
+        :data:`INLINE_MAX_PIXELS` pixels, otherwise in the decode pool."""
+        if all(count <= INLINE_MAX_PIXELS for count in pixels):
+            return [function(item) for item in items]
+        return await self._in_pool(function, items)
 
     async def _in_pool(self, function: Callable[[T], R], items: list[T]) -> list[R]:
         loop = asyncio.get_running_loop()
@@ -143,8 +148,7 @@ class Predictor:
         assert prediction.target is not None
         grid, heat = prediction.grid, prediction.heat
         if heat is None:  # a large image: the engine left its map to this (pool) thread
-            shown = grid.clamp(min=0) if options.kind == "evidence" else grid
-            heat = render_heatmaps(shown.unsqueeze(0), decoded.height, decoded.width, self.stride)[0].numpy()
+            heat = render_heatmaps(grid.unsqueeze(0), decoded.height, decoded.width, self.stride)[0].numpy()
         blended = None
         if options.colormap is not None:
             assert decoded.rgb is not None
