@@ -139,8 +139,8 @@ def heatmaps_to_uint8(heatmaps: Tensor) -> Tensor:
     return torch.round(heatmaps.clamp(min=0) * scale).clamp(max=255).to(torch.uint8)
 
 
-# Up to this many pixels a PNG is stored without compression: deflate's fixed set-up (~30 µs) then
-# costs more than the rest of the map, and saves a client at most a few kilobytes.
+# Up to this many pixels a PNG is stored without compression: deflate's fixed per-call set-up then
+# outweighs the rest of the encoding, and compression would save a client at most a few kilobytes.
 STORED_PNG_MAX_PIXELS = 64 * 64
 
 

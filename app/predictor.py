@@ -34,7 +34,8 @@ from models.checkpoint import ModelCard
 T = TypeVar("T")
 R = TypeVar("R")
 
-# 128×128 decodes, converts, upsamples and encodes in well under 0.2 ms: briefer than a pool round trip.
+# Images this small are decoded and rendered on the event loop: a pool round trip (two thread hand-offs
+# and the GIL changing hands) would cost about as much as the work itself.
 INLINE_MAX_PIXELS = 128 * 128
 
 

@@ -14,8 +14,8 @@ def choose_amp_dtype(requested: str, device: torch.device) -> torch.dtype | None
     """The autocast dtype for ``GLIMPSE_AMP_DTYPE``; None runs float32.
 
     ``auto`` takes bfloat16 where the hardware multiplies it natively — every CUDA GPU the service
-    supports, and CPUs with AMX, where it runs this model about 2.5× faster than float32 — and float32
-    elsewhere, where bfloat16 would be emulated and slower.
+    supports, and CPUs with AMX, where ``bench.inprocess`` measures this model's forward pass 2–3×
+    faster than in float32 — and float32 elsewhere, where bfloat16 would be emulated and slower.
     """
     if requested != "auto":
         return _AMP_DTYPES[requested]
