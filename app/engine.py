@@ -32,7 +32,7 @@ from torch import Tensor
 from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
-from models.attention_net import AttentionNet, AttentionOutput
+from models.attention_net import AttentionNet
 from models.checkpoint import Preprocessing
 from models.preprocessing import normalize_pixels
 
@@ -347,6 +347,8 @@ class InferenceEngine:
     ) -> list[Prediction]:
         """One forward pass over images of possibly different sizes; runs in the inference thread."""
         x, input_size = self._collate(images)
+        wants_maps = any(request is not None for request in map_requests)
+        requested = self._requested_targets(map_requests) if wants_maps else None
         autocast = (
             torch.autocast(self.device.type, dtype=self.config.amp_dtype)
             if self.config.amp_dtype is not None
@@ -356,15 +358,53 @@ class InferenceEngine:
             output = self.model(x, input_size)
         probabilities = torch.softmax(output.logits.float(), dim=1)
         scores, indices = probabilities.topk(max(top_ks), dim=1)
-        scores_list, indices_list = scores.cpu().tolist(), indices.cpu().tolist()
+        if requested is None:
+            scores, indices = self._to_host(scores, indices)
+        else:
+            targets = torch.where(requested >= 0, requested, indices[:, 0])
+            kinds = {request.kind for request in map_requests if request is not None}
+            empty = targets.new_zeros(0)
+            evidence = output.evidence(targets).float() if "evidence" in kinds else empty
+            attention = output.attention.float() if "attention" in kinds else empty
+            scores, indices, targets, valid, evidence, attention = self._to_host(
+                scores, indices, targets, output.valid_size, evidence, attention
+            )
+        scores_list, indices_list = scores.tolist(), indices.tolist()
         predictions = [
             Prediction(index_row[:k], score_row[:k])
             for index_row, score_row, k in zip(indices_list, scores_list, top_ks, strict=True)
         ]
-        if any(request is not None for request in map_requests):
+        if requested is not None:
+            maps: dict[MapKind, Tensor] = {"evidence": evidence, "attention": attention}
             sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
-            self._attach_maps(output, indices[:, 0], map_requests, sizes, predictions)
+            self._attach_maps(maps, targets.tolist(), valid.tolist(), map_requests, sizes, predictions)
         return predictions
+
+    def _requested_targets(self, map_requests: list[MapRequest | None]) -> Tensor:
+        """Each map's requested class on the device, -1 for "the top class"; sent before the forward
+        pass is queued, so the copy waits for nothing."""
+        targets = torch.tensor(
+            [-1 if request is None or request.target is None else request.target for request in map_requests]
+        )
+        if self.device.type == "cuda":
+            return targets.pin_memory().to(self.device, non_blocking=True)
+        return targets
+
+    def _to_host(self, *tensors: Tensor) -> list[Tensor]:
+        """The tensors on the CPU, after one wait for the device.
+
+        On CUDA the copies queue behind the forward pass, then this thread sleeps on a blocking event.
+        Any plain ``.cpu()`` would instead spin a core at 100 % for the whole pass — CUDA's default
+        when a process has fewer contexts than the machine has cores — and with several workers
+        sharing one GPU, those spinning threads take the cores the HTTP work needs.
+        """
+        if self.device.type != "cuda":
+            return list(tensors)
+        copies = [tensor.to("cpu", non_blocking=True) for tensor in tensors]
+        done = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
+        done.record()
+        done.synchronize()
+        return copies
 
     def _collate(self, images: list[Tensor]) -> tuple[Tensor, Tensor | None]:
         """Normalise (H, W, C) uint8 images into one batch on the device; valid sizes when padded.
@@ -393,34 +433,22 @@ class InferenceEngine:
 
     def _attach_maps(
         self,
-        output: AttentionOutput,
-        top_class: Tensor,
+        maps: dict[MapKind, Tensor],
+        targets: list[int],
+        valid: list[list[int]],
         map_requests: list[MapRequest | None],
         sizes: list[tuple[int, int]],
         predictions: list[Prediction],
     ) -> None:
-        """Cut each requested map (evidence for its target, or raw attention) to its valid grid and
-        render its heat image; images of one size are rendered in one batched call."""
-        targets = torch.tensor(
-            [
-                request.target if request is not None and request.target is not None else int(top_class[i])
-                for i, request in enumerate(map_requests)
-            ],
-            device=top_class.device,
-        )
-        kinds = {request.kind for request in map_requests if request is not None}
-        evidence = output.evidence(targets).float().cpu() if "evidence" in kinds else None
-        attention = output.attention.float().cpu() if "attention" in kinds else None
-        valid = output.valid_size.cpu().tolist()
+        """Cut each requested map (evidence for its target, or raw attention; CPU tensors) to its valid
+        grid and render its heat image; images of one size are rendered in one batched call."""
         by_size: dict[tuple[int, int], list[tuple[int, Tensor]]] = {}
         for i, request in enumerate(map_requests):
             if request is None:
                 continue
-            maps = evidence if request.kind == "evidence" else attention
-            assert maps is not None
             grid_height, grid_width = valid[i]
-            grid = maps[i, :grid_height, :grid_width].clone()
-            predictions[i].target, predictions[i].grid = int(targets[i]), grid
+            grid = maps[request.kind][i, :grid_height, :grid_width].clone()
+            predictions[i].target, predictions[i].grid = targets[i], grid
             by_size.setdefault(sizes[i], []).append((i, grid))
         stride = self.model.config.feature_stride
         for (height, width), members in by_size.items():

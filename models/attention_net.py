@@ -253,7 +253,9 @@ class AttentionNet(nn.Module):
         features, mask = self.forward_features(x, input_size)
         logits, attention = self.forward_head(features, mask)
         if input_size is None:
-            valid = torch.tensor([features.shape[-2:]], device=x.device).expand(x.shape[0], 2)
+            # Filled on the device: copying a host tensor there would wait for the queued pass.
+            valid = torch.full((x.shape[0], 2), features.shape[-1], dtype=torch.long, device=x.device)
+            valid[:, 0] = features.shape[-2]
         else:
             valid = self.feature_valid_size(input_size)
         return AttentionOutput(logits, attention, features, self.classifier.weight, valid)
