@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.memory import TRIM_INTERVAL_S
 from models.checkpoint import DEFAULT_MODEL_DIR
 
 
@@ -68,6 +69,18 @@ class Settings(BaseSettings):
         "and on CPUs with native bf16 matrix units (AMX), float32 elsewhere.",
     )
     channels_last: bool = Field(True, description="Run the convolutions in channels-last memory format.")
+    cudnn_benchmark: bool = Field(
+        False,
+        description="Let cuDNN time its kernels for every new input shape (batch size × height × width) "
+        "on first sight. Each new shape then stalls its batch by up to hundreds of milliseconds, so "
+        "only fixed-shape deployments gain from it.",
+    )
+    memory_trim_interval_s: float | None = Field(
+        None,
+        ge=0,
+        description="Seconds between glibc malloc_trim calls that give freed heap back to the OS; 0 "
+        "disables them. Default: 10 on CPU, off on CUDA, where the trims cost throughput.",
+    )
     warmup_image_size: int = Field(
         60, ge=1, description="Side of the images used to warm up each batch shape."
     )
@@ -89,6 +102,12 @@ class Settings(BaseSettings):
         if self.max_images_per_request > self.max_queue_size:
             raise ValueError("max_images_per_request must not exceed max_queue_size")
         return self
+
+    def trim_interval_s(self, device_type: str) -> float:
+        """The memory-trim interval in force on this device type; 0 means no trimming."""
+        if self.memory_trim_interval_s is not None:
+            return self.memory_trim_interval_s
+        return 0.0 if device_type == "cuda" else TRIM_INTERVAL_S
 
     @property
     def cpu_count(self) -> int:

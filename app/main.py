@@ -92,7 +92,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         request_timeout_s=settings.request_timeout_s,
     )
     app.state.predictor = Predictor(engine, card, limits, pool)
-    trimmer = FreedMemoryTrimmer().start()  # a rare big batch must not raise RSS for good
+    # A rare big batch must not raise RSS for good; on CUDA the trims cost more than they give back.
+    trim_interval_s = settings.trim_interval_s(device.type)
+    trimmer = FreedMemoryTrimmer(trim_interval_s).start() if trim_interval_s > 0 else None
     app.state.ready = True
     logger.info(
         "ready in %.2f s: %s %s on %s (%s), batch ≤ %d, delay ≤ %.1f ms",
@@ -107,7 +109,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         await engine.stop()
         pool.shutdown(wait=True)
-        trimmer.stop()
+        if trimmer is not None:
+            trimmer.stop()
         app.state.predictor = None
         logger.info("stopped")
 

@@ -58,3 +58,28 @@ def test_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.set_num_threads(previous)
     monkeypatch.setenv("WEB_CONCURRENCY", "16")
     assert Settings(_env_file=None).cores_per_worker == 1  # type: ignore[call-arg]
+
+
+def test_cudnn_benchmark_mode_is_off_unless_asked_for() -> None:
+    """Benchmark mode times kernels for every new shape on first sight, stalling that batch."""
+    previous = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True
+        runtime.configure_torch(Settings(_env_file=None), torch.device("cpu"))  # type: ignore[call-arg]
+        assert torch.backends.cudnn.benchmark is False
+        runtime.configure_torch(Settings(_env_file=None, cudnn_benchmark=True), torch.device("cpu"))  # type: ignore[call-arg]
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [(None, "cpu", 10.0), (None, "cuda", 0.0), ("2.5", "cuda", 2.5), ("0", "cpu", 0.0)],
+)
+def test_memory_trim_interval(
+    setting: str | None, device: str, expected: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if setting is not None:
+        monkeypatch.setenv("GLIMPSE_MEMORY_TRIM_INTERVAL_S", setting)
+    assert Settings(_env_file=None).trim_interval_s(device) == expected  # type: ignore[call-arg]
