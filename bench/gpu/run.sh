@@ -4,7 +4,7 @@
 # comparison, on the host's CPU cores; then the 224² RGB configuration against its raw batched-forward
 # throughput. A second pass repeats the GPU servers under CUDA MPS, so that the workers' kernels share
 # the GPU instead of taking turns (skipped when nvidia-cuda-mps-control is missing or fails to start).
-# Extra arguments go to both bench.run passes.
+# Extra arguments go to both bench.run passes (for example --duration 6 --out DIR).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/glimpse-site \
@@ -25,7 +25,8 @@ if command -v nvidia-cuda-mps-control >/dev/null; then
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d; then
     echo "== CUDA MPS on"
-    python3 -m bench.run "${common[@]}" --skip-in-process --note "CUDA MPS on" --servers "glimpse:WORKERS=12,$one" \
+    python3 -m bench.run "${common[@]}" --skip-in-process --note "CUDA MPS on" \
+      --servers "glimpse:WORKERS=12,$one" "glimpse:WORKERS=14,$one" \
       --large "glimpse:WORKERS=12,$one" "$@" || echo "MPS pass failed"
     echo quit | nvidia-cuda-mps-control
   fi
