@@ -32,6 +32,7 @@ from torch import Tensor
 from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
+from app.runtime import Precision, precision_name
 from models.attention_net import AttentionNet
 from models.checkpoint import Preprocessing
 from models.preprocessing import normalize_pixels
@@ -204,13 +205,9 @@ class InferenceEngine:
             self._incoming -= count
 
     @property
-    def precision(self) -> Literal["float32", "bfloat16", "float16"]:
+    def precision(self) -> Precision:
         """The arithmetic of the forward pass, as /models reports it."""
-        if self.config.amp_dtype == torch.bfloat16:
-            return "bfloat16"
-        if self.config.amp_dtype == torch.float16:
-            return "float16"
-        return "float32"
+        return precision_name(self.config.amp_dtype)
 
     @property
     def queue_depth(self) -> int:

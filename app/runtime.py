@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from app.config import Settings
 from app.lifecycle import DeviceUnavailable
 
-_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
+Precision = Literal["float32", "bfloat16", "float16"]
+_AMP_DTYPES: dict[Precision, torch.dtype | None] = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": None,
+}
 
 
-def choose_amp_dtype(requested: str, device: torch.device) -> torch.dtype | None:
+def precision_name(amp_dtype: torch.dtype | None) -> Precision:
+    """The ``GLIMPSE_AMP_DTYPE`` spelling of an autocast dtype (None runs float32)."""
+    return next(name for name, dtype in _AMP_DTYPES.items() if dtype == amp_dtype)
+
+
+def choose_amp_dtype(requested: Literal["auto"] | Precision, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``GLIMPSE_AMP_DTYPE``; None runs float32.
 
     ``auto`` takes bfloat16 where the hardware multiplies it natively — every CUDA GPU the service
