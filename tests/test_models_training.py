@@ -52,6 +52,31 @@ def test_trains_on_a_user_image_folder(tmp_path: Path) -> None:
     assert card.training["validation_error"] <= 0.5
 
 
+def test_distils_from_an_ensemble_of_trained_teachers(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data")
+    common = ["--data", "folder", "--folder", str(tmp_path / "data"), "--image-size", "32", "--batch-size",
+              "8", "--stages", "[[8,2],[16,2],[16,1]]", "--quiet", "--device", "cpu"]  # fmt: skip
+    for seed in ("1", "2"):
+        train.main([*common, "--out", str(tmp_path / f"teacher{seed}"), "--epochs", "25", "--seed", seed])
+    teachers = [load_model(tmp_path / f"teacher{seed}")[0] for seed in ("1", "2")]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        target = train.ensemble_probabilities(teachers, x)
+        expected = sum(torch.softmax(t(x).logits / 2.0, 1) for t in teachers) / 2
+    torch.testing.assert_close(target, expected)
+    torch.testing.assert_close(target.sum(1), torch.ones(3))
+
+    out = tmp_path / "student"
+    train.main([*common, "--out", str(out), "--epochs", "25", "--distill-weight", "0.7",
+                "--teachers", str(tmp_path / "teacher1"), str(tmp_path / "teacher2")])  # fmt: skip
+    _, card = load_model(out)
+    assert card.training["distilled_from"] == [str(tmp_path / "teacher1"), str(tmp_path / "teacher2")]
+    assert card.training["validation_error"] <= 0.5
+    with pytest.raises(SystemExit, match="alternatives"):
+        train.main([*common, "--out", str(tmp_path / "x"), "--teachers", str(tmp_path / "teacher1"),
+                    "--teacher-stages", "[[8,2]]"])  # fmt: skip
+
+
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     assert train.learning_rate(1.0, 0.0) == 0.0
     assert train.learning_rate(1.0, 0.05) == pytest.approx(1.0)
