@@ -175,6 +175,22 @@ def test_png_encoding_round_trips(size: tuple[int, int]) -> None:
     assert np.array_equal(np.asarray(decoded), rgb)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (64, 64), (65, 64), (97, 3)])
+def test_png_rows_that_wrap_modulo_256_and_checksums_survive_a_strict_decoder(size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=size, dtype=np.uint8)  # row differences cover the whole byte range
+    for array in (noise, np.stack([noise, 255 - noise, noise[::-1]], axis=-1)):
+        png = encode_png(np.ascontiguousarray(array))
+        Image.open(io.BytesIO(png)).verify()  # chunk CRCs and structure
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array)
+
+
+def test_png_encoding_refuses_what_it_cannot_write() -> None:
+    for bad in (np.zeros((4, 4), dtype=np.float32), np.zeros((4, 4, 4), dtype=np.uint8)):
+        with pytest.raises(ValueError, match="uint8"):
+            encode_png(bad)  # type: ignore[arg-type]
+
+
 def test_only_maps_larger_than_64x64_are_compressed() -> None:
     small, large = np.zeros((64, 64), dtype=np.uint8), np.zeros((65, 64), dtype=np.uint8)
     assert len(encode_png(small)) > small.size  # stored: every byte of every row is there

@@ -1,0 +1,68 @@
+"""PNG encoding of heatmaps and overlays: Glimpse's zlib writer against Pillow, time and size.
+
+The maps are the service's own: random feature-grid maps (stride 4) resampled and scaled by
+``render_heatmaps``, and an RGB image made from them. One thread; the median of five timings.
+
+    python -m bench.png_encode
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+
+from app.imaging import STORED_PNG_MAX_PIXELS, encode_png, render_heatmaps
+
+
+def pillow_png(array: NDArray[np.uint8]) -> bytes:
+    """What the service did before: Pillow at level 0 for small maps, 1 otherwise."""
+    buffer = io.BytesIO()
+    level = 0 if array.shape[0] * array.shape[1] <= STORED_PNG_MAX_PIXELS else 1
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def microseconds(encode: Callable[[], bytes], repeat: int) -> float:
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeat):
+            encode()
+        timings.append((time.perf_counter() - started) / repeat * 1e6)
+    return statistics.median(timings)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    print(f"# python -m bench.png_encode; {platform.machine()}, {os.cpu_count()} cores, one thread")
+    columns = ("Pillow µs", "Glimpse µs", "speed-up", "Pillow B", "Glimpse B")
+    print(f"{'image':>14} " + " ".join(f"{c:>10}" for c in columns))
+    for size in (60, 100, 224, 512):
+        heat = render_heatmaps(torch.rand(1, size // 4, size // 4) ** 4, size, size, 4)[0].numpy()
+        rgb = np.stack([heat, 255 - heat, heat // 2], axis=-1)
+        for name, array in (("heat", heat), ("rgb", rgb)):
+            ours, theirs = encode_png(array), pillow_png(array)
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(ours))), array)
+            repeat = max(5, 200_000 // array.size)
+            pillow_us = microseconds(partial(pillow_png, array), repeat)
+            glimpse_us = microseconds(partial(encode_png, array), repeat)
+            label = f"{size}x{size} {name}"
+            print(
+                f"{label:>14} {pillow_us:10.0f} {glimpse_us:10.0f} {pillow_us / glimpse_us:9.1f}x"
+                f" {len(theirs):10d} {len(ours):10d}"
+            )
+
+
+if __name__ == "__main__":
+    main()
