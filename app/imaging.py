@@ -153,7 +153,7 @@ def encode_png(array: NDArray[np.uint8]) -> bytes:
     """PNG bytes of an (H, W) grayscale or (H, W, 3) RGB uint8 array.
 
     Written with zlib directly rather than through Pillow, whose per-image set-up cost six times the
-    encoding of a 60×60 map (46 against 9 µs; ``bench/results/20261128-png-cpu.txt``). Compressed
+    encoding of a 60×60 map (5-6x slower; ``bench/results/20261128-png-cpu.txt``). Compressed
     images filter every row as its difference from the row above (PNG's "up" filter): smooth maps then
     deflate smaller and faster than Pillow's output at the same level.
     """

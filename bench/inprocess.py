@@ -46,6 +46,15 @@ def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, atten
     return done / (time.perf_counter() - started)
 
 
+def build_predictor(model_dir: Path, device: torch.device, batch: int, amp: str = "auto") -> Predictor:
+    """The service's predictor and engine for ``model_dir``, without the server around them."""
+    model, card = load_model(model_dir, device)
+    model.fuse_for_inference()
+    config = EngineConfig(max_batch_size=batch, amp_dtype=choose_amp_dtype(amp, device))
+    engine = InferenceEngine(model, card.preprocessing, device, config, Metrics())
+    return Predictor(engine, card, Limits(1 << 26, 16, 10.0), pool=None)  # type: ignore[arg-type]
+
+
 def raw_forward(model: AttentionNet, x: torch.Tensor, seconds: float) -> float:
     """Images per second of the bare batched forward pass on a ready tensor."""
     with torch.inference_mode():
@@ -131,12 +140,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     data = args.image.read_bytes()
-    model, card = load_model(args.model_dir, device)
-    model.fuse_for_inference()
-    amp = choose_amp_dtype(args.amp, device)  # as the service resolves GLIMPSE_AMP_DTYPE
-    config = EngineConfig(max_batch_size=args.batch, amp_dtype=amp)
-    engine = InferenceEngine(model, card.preprocessing, device, config, Metrics())
-    predictor = Predictor(engine, card, Limits(1 << 26, 16, 10.0), pool=None)  # type: ignore[arg-type]
+    predictor = build_predictor(args.model_dir, device, args.batch, args.amp)
+    engine, card = predictor.engine, predictor.card
+    amp = engine.config.amp_dtype
     decoded = decode_image(data, card.preprocessing, 1 << 26, 16)
     x = normalize_pixels(torch.stack([decoded.pixels] * args.batch), card.preprocessing, device)
     x = x.contiguous(memory_format=torch.channels_last)

@@ -3,6 +3,10 @@
 The maps are the service's own: random feature-grid maps (stride 4) resampled and scaled by
 ``render_heatmaps``, and an RGB image made from them. One thread; the median of five timings.
 
+Then what it is worth end to end without HTTP: the in-process ``/attention-map`` ceiling (decode →
+batched forward → map → PNG → JSON, batch 32, one thread) with each encoder, and the ``/predict``
+ceiling beside them, in alternating rounds so that a shared machine's drift hits all three alike.
+
     python -m bench.png_encode
 """
 
@@ -15,6 +19,8 @@ import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -22,6 +28,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from app.imaging import STORED_PNG_MAX_PIXELS, encode_png, render_heatmaps
+from bench.inprocess import build_predictor, ceiling
+from models.checkpoint import DEFAULT_MODEL_DIR
 
 
 def pillow_png(array: NDArray[np.uint8]) -> bytes:
@@ -62,6 +70,23 @@ def main() -> None:
                 f"{label:>14} {pillow_us:10.0f} {glimpse_us:10.0f} {pillow_us / glimpse_us:9.1f}x"
                 f" {len(theirs):10d} {len(ours):10d}"
             )
+    ceilings()
+
+
+def ceilings(rounds: int = 8, seconds: float = 1.5) -> None:
+    predictor = build_predictor(DEFAULT_MODEL_DIR, torch.device("cpu"), batch=32)
+    data = (Path(__file__).parent / "canvas60.png").read_bytes()
+    figures: dict[str, list[float]] = {"predict": [], "attention, Pillow": [], "attention, Glimpse": []}
+    for _ in range(rounds):
+        figures["predict"].append(ceiling(predictor, data, 32, seconds, attention=False))
+        with patch("app.predictor.encode_png", pillow_png):
+            figures["attention, Pillow"].append(ceiling(predictor, data, 32, seconds, attention=True))
+        figures["attention, Glimpse"].append(ceiling(predictor, data, 32, seconds, attention=True))
+    medians = {name: statistics.median(values) for name, values in figures.items()}
+    print(f"# in-process ceilings, 60x60 canvas, batch 32, one torch thread, median of {rounds} rounds")
+    for name, value in medians.items():
+        spread = f"{min(figures[name]):.0f}-{max(figures[name]):.0f}"
+        print(f"{name:>20} {value:7.0f} images/s  ({spread})  {value / medians['predict']:.2f}x predict")
 
 
 if __name__ == "__main__":
