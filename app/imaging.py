@@ -152,10 +152,10 @@ _PNG_FILTER_NONE, _PNG_FILTER_UP = 0, 2
 def encode_png(array: NDArray[np.uint8]) -> bytes:
     """PNG bytes of an (H, W) grayscale or (H, W, 3) RGB uint8 array.
 
-    Written with zlib directly rather than through Pillow, whose per-image set-up cost six times the
-    encoding of a 60×60 map (5-6x slower; ``bench/results/20261128-png-cpu.txt``). Compressed
-    images filter every row as its difference from the row above (PNG's "up" filter): smooth maps then
-    deflate smaller and faster than Pillow's output at the same level.
+    Written with zlib directly rather than through Pillow, whose per-image set-up made a 60×60 map five
+    to six times slower to encode (``bench/results/20261128-png-cpu.txt``). Compressed images filter
+    every row as its difference from the row above (PNG's "up" filter): smooth maps then deflate
+    smaller and faster than Pillow's output at the same level.
     """
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
         raise ValueError(f"expected an (H, W) or (H, W, 3) uint8 array, got {array.dtype} {array.shape}")
