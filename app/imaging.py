@@ -141,10 +141,6 @@ def heatmaps_to_uint8(heatmaps: Tensor) -> Tensor:
     return torch.round(heatmaps.clamp(min=0) * scale).clamp(max=255).to(torch.uint8)
 
 
-# Up to this many pixels a PNG is stored without compression: deflate's fixed per-call set-up then
-# outweighs the rest of the encoding, and compression would save a client at most a few kilobytes.
-STORED_PNG_MAX_PIXELS = 64 * 64
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_FILTER_NONE, _PNG_FILTER_UP = 0, 2
 
@@ -153,26 +149,22 @@ def encode_png(array: NDArray[np.uint8]) -> bytes:
     """PNG bytes of an (H, W) grayscale or (H, W, 3) RGB uint8 array.
 
     Written with zlib directly rather than through Pillow, whose per-image set-up made a 60×60 map five
-    to six times slower to encode (``bench/results/20261128-png-cpu.txt``). Compressed images filter
-    every row as its difference from the row above (PNG's "up" filter): smooth maps then deflate
-    smaller and faster than Pillow's output at the same level.
+    to six times slower to encode (``bench/results/20261128-png-cpu.txt``). Every row after the first
+    is stored as its difference from the row above (PNG's "up" filter) and deflated at level 1: smooth
+    and mostly-empty maps then shrink several-fold for a few microseconds, so a map answer is a fraction
+    of the bytes it would be stored raw.
     """
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
         raise ValueError(f"expected an (H, W) or (H, W, 3) uint8 array, got {array.dtype} {array.shape}")
     height, width = array.shape[:2]
     flat = array.reshape(height, -1)
     rows = np.empty((height, 1 + flat.shape[1]), dtype=np.uint8)
-    stored = height * width <= STORED_PNG_MAX_PIXELS
-    if stored:
-        rows[:, 0] = _PNG_FILTER_NONE
-        rows[:, 1:] = flat
-    else:
-        rows[0, 0], rows[1:, 0] = _PNG_FILTER_NONE, _PNG_FILTER_UP
-        rows[0, 1:] = flat[0]
-        np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # wraps modulo 256, as PNG defines it
+    rows[0, 0], rows[1:, 0] = _PNG_FILTER_NONE, _PNG_FILTER_UP
+    rows[0, 1:] = flat[0]
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # wraps modulo 256, as PNG defines it
     color_type = 0 if array.ndim == 2 else 2  # grayscale or truecolour, 8 bits a sample
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    pixels = zlib.compress(rows.tobytes(), 0 if stored else 1)
+    pixels = zlib.compress(rows.tobytes(), 1)
     return b"".join(
         (_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", pixels), _png_chunk(b"IEND", b""))
     )

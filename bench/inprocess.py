@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import torch
@@ -20,7 +20,7 @@ from app.engine import EngineConfig, InferenceEngine, MapRequest
 from app.imaging import decode_image, heatmaps_to_uint8
 from app.metrics import Metrics
 from app.predictor import Limits, MapOptions, Predictor
-from app.runtime import choose_amp_dtype
+from app.runtime import Precision, choose_amp_dtype
 from models.attention_net import AttentionNet, upsample_to_input
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 from models.preprocessing import normalize_pixels
@@ -46,7 +46,9 @@ def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, atten
     return done / (time.perf_counter() - started)
 
 
-def build_predictor(model_dir: Path, device: torch.device, batch: int, amp: str = "auto") -> Predictor:
+def build_predictor(
+    model_dir: Path, device: torch.device, batch: int, amp: Literal["auto"] | Precision = "auto"
+) -> Predictor:
     """The service's predictor and engine for ``model_dir``, without the server around them."""
     model, card = load_model(model_dir, device)
     model.fuse_for_inference()

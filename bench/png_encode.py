@@ -1,7 +1,10 @@
 """PNG encoding of heatmaps and overlays: Glimpse's zlib writer against Pillow, time and size.
 
-The maps are the service's own: random feature-grid maps (stride 4) resampled and scaled by
-``render_heatmaps``, and an RGB image made from them. One thread; the median of five timings.
+The maps are the service's own: the bundled model's evidence map of ``bench/canvas60.png`` (one
+bright region, the rest zero, as trained attention maps are), and dense random feature-grid maps
+(stride 4) resampled and scaled by ``render_heatmaps``, with an RGB image made from each. Pillow runs
+as the service used it before: stored up to 64×64 pixels, level 1 above. One thread; the median of
+five timings.
 
 Then what it is worth end to end without HTTP: the in-process ``/attention-map`` ceiling (decode →
 batched forward → map → PNG → JSON, batch 32, one thread) with each encoder, and the ``/predict``
@@ -27,15 +30,19 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
-from app.imaging import STORED_PNG_MAX_PIXELS, encode_png, render_heatmaps
+from app.engine import MapRequest
+from app.imaging import decode_image, encode_png, render_heatmaps
 from bench.inprocess import build_predictor, ceiling
 from models.checkpoint import DEFAULT_MODEL_DIR
+
+PILLOW_STORED_MAX_PIXELS = 64 * 64
+CANVAS = Path(__file__).with_name("canvas60.png")
 
 
 def pillow_png(array: NDArray[np.uint8]) -> bytes:
     """What the service did before: Pillow at level 0 for small maps, 1 otherwise."""
     buffer = io.BytesIO()
-    level = 0 if array.shape[0] * array.shape[1] <= STORED_PNG_MAX_PIXELS else 1
+    level = 0 if array.shape[0] * array.shape[1] <= PILLOW_STORED_MAX_PIXELS else 1
     Image.fromarray(array).save(buffer, format="PNG", compress_level=level)
     return buffer.getvalue()
 
@@ -55,9 +62,8 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"# python -m bench.png_encode; {platform.machine()}, {os.cpu_count()} cores, one thread")
     columns = ("Pillow µs", "Glimpse µs", "speed-up", "Pillow B", "Glimpse B")
-    print(f"{'image':>14} " + " ".join(f"{c:>10}" for c in columns))
-    for size in (60, 100, 224, 512):
-        heat = render_heatmaps(torch.rand(1, size // 4, size // 4) ** 4, size, size, 4)[0].numpy()
+    print(f"{'image':>18} " + " ".join(f"{c:>10}" for c in columns))
+    for label, heat in [("60x60 model", model_map()), *dense_maps()]:
         rgb = np.stack([heat, 255 - heat, heat // 2], axis=-1)
         for name, array in (("heat", heat), ("rgb", rgb)):
             ours, theirs = encode_png(array), pillow_png(array)
@@ -65,17 +71,33 @@ def main() -> None:
             repeat = max(5, 200_000 // array.size)
             pillow_us = microseconds(partial(pillow_png, array), repeat)
             glimpse_us = microseconds(partial(encode_png, array), repeat)
-            label = f"{size}x{size} {name}"
+            row = f"{label} {name}"
             print(
-                f"{label:>14} {pillow_us:10.0f} {glimpse_us:10.0f} {pillow_us / glimpse_us:9.1f}x"
+                f"{row:>18} {pillow_us:10.0f} {glimpse_us:10.0f} {pillow_us / glimpse_us:9.1f}x"
                 f" {len(theirs):10d} {len(ours):10d}"
             )
     ceilings()
 
 
+def model_map() -> NDArray[np.uint8]:
+    predictor = build_predictor(DEFAULT_MODEL_DIR, torch.device("cpu"), batch=1)
+    image = decode_image(CANVAS.read_bytes(), predictor.card.preprocessing, 1 << 26, 16)
+    prediction = predictor.engine._forward([image.pixels], [1], [MapRequest("evidence")])[0]
+    assert prediction.heat is not None
+    return prediction.heat
+
+
+def dense_maps() -> list[tuple[str, NDArray[np.uint8]]]:
+    maps = []
+    for size in (60, 100, 224, 512):
+        heat = render_heatmaps(torch.rand(1, size // 4, size // 4) ** 4, size, size, 4)[0].numpy()
+        maps.append((f"{size}x{size} dense", heat))
+    return maps
+
+
 def ceilings(rounds: int = 8, seconds: float = 1.5) -> None:
     predictor = build_predictor(DEFAULT_MODEL_DIR, torch.device("cpu"), batch=32)
-    data = (Path(__file__).parent / "canvas60.png").read_bytes()
+    data = CANVAS.read_bytes()
     figures: dict[str, list[float]] = {"predict": [], "attention, Pillow": [], "attention, Glimpse": []}
     for _ in range(rounds):
         figures["predict"].append(ceiling(predictor, data, 32, seconds, attention=False))
