@@ -192,6 +192,8 @@ def error_rate(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.teachers and args.teacher_stages:
+        raise SystemExit("--teachers and --teacher-stages are alternatives: give one")
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     device = pick_device(args.device)
@@ -257,9 +259,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         teacher = channels_last(AttentionNet(teacher_config).to(device))
         parameters += list(teacher.parameters())
-    if args.teachers and args.teacher_stages:
-        raise SystemExit("--teachers and --teacher-stages are alternatives: give one")
-    # Trained teachers are frozen; their ensemble is usually better than any one of them.
     frozen_teachers = [channels_last(load_model(path, device)[0]) for path in args.teachers or []]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(train_labels) // args.batch_size)
