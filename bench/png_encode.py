@@ -32,6 +32,7 @@ from PIL import Image
 
 from app.engine import MapRequest
 from app.imaging import decode_image, encode_png, render_heatmaps
+from app.predictor import Predictor
 from bench.inprocess import build_predictor, ceiling
 from models.checkpoint import DEFAULT_MODEL_DIR
 
@@ -63,7 +64,8 @@ def main() -> None:
     print(f"# python -m bench.png_encode; {platform.machine()}, {os.cpu_count()} cores, one thread")
     columns = ("Pillow µs", "Glimpse µs", "speed-up", "Pillow B", "Glimpse B")
     print(f"{'image':>18} " + " ".join(f"{c:>10}" for c in columns))
-    for label, heat in [("60x60 model", model_map()), *dense_maps()]:
+    predictor = build_predictor(DEFAULT_MODEL_DIR, torch.device("cpu"), batch=32)
+    for label, heat in [("60x60 model", model_map(predictor)), *dense_maps()]:
         rgb = np.stack([heat, 255 - heat, heat // 2], axis=-1)
         for name, array in (("heat", heat), ("rgb", rgb)):
             ours, theirs = encode_png(array), pillow_png(array)
@@ -76,11 +78,10 @@ def main() -> None:
                 f"{row:>18} {pillow_us:10.0f} {glimpse_us:10.0f} {pillow_us / glimpse_us:9.1f}x"
                 f" {len(theirs):10d} {len(ours):10d}"
             )
-    ceilings()
+    ceilings(predictor)
 
 
-def model_map() -> NDArray[np.uint8]:
-    predictor = build_predictor(DEFAULT_MODEL_DIR, torch.device("cpu"), batch=1)
+def model_map(predictor: Predictor) -> NDArray[np.uint8]:
     image = decode_image(CANVAS.read_bytes(), predictor.card.preprocessing, 1 << 26, 16)
     prediction = predictor.engine._forward([image.pixels], [1], [MapRequest("evidence")])[0]
     assert prediction.heat is not None
@@ -95,8 +96,7 @@ def dense_maps() -> list[tuple[str, NDArray[np.uint8]]]:
     return maps
 
 
-def ceilings(rounds: int = 8, seconds: float = 1.5) -> None:
-    predictor = build_predictor(DEFAULT_MODEL_DIR, torch.device("cpu"), batch=32)
+def ceilings(predictor: Predictor, rounds: int = 8, seconds: float = 1.5) -> None:
     data = CANVAS.read_bytes()
     figures: dict[str, list[float]] = {"predict": [], "attention, Pillow": [], "attention, Glimpse": []}
     for _ in range(rounds):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import load_model
-from models.data import load_mnist_splits
+from models.data import LABELS, load_mnist_splits
 from models.train import MNIST_PREPROCESSING, normalize, validation_canvases
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     val_sets = validation_canvases(load_mnist_splits()["validation"])
-    totals = [torch.zeros(len(labels), 10) for _, labels in val_sets]
+    totals = [torch.zeros(len(labels), len(LABELS)) for _, labels in val_sets]
     for directory in args.model_dirs:
         model = load_model(directory, args.device)[0]
         errors = []
