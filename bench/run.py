@@ -75,21 +75,22 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 12
 def rss_mib(pid: int) -> float:
     """Resident memory of a process and its children (TorchServe's workers), in MiB."""
     pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    while children.exists() and pids:
+    while True:
         found = []
-        for p in pids:
-            path = Path(f"/proc/{p}/task/{p}/children")
-            found += [int(c) for c in path.read_text().split()] if path.exists() else []
+        for p in pids:  # every thread's children: Java starts TorchServe's workers from other threads
+            for path in Path(f"/proc/{p}/task").glob("*/children"):
+                found += [int(c) for c in path.read_text().split()]
         new = [p for p in found if p not in pids]
         if not new:
             break
         pids += new
     total = 0
     for p in pids:
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except FileNotFoundError:  # exited since it was listed
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return total / 1024
 
 
@@ -156,7 +157,7 @@ def serve_glimpse(
 
 def serve_naive(args: argparse.Namespace, image: Path, port: int) -> dict[str, Any]:
     command = [PY, "-m", "uvicorn", "bench.naive_server:app", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT)
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "GLIMPSE_DEVICE": args.device})
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
         paths = {e: e for e in args.endpoints}
@@ -215,7 +216,8 @@ def serve_torchserve(
     (work / "config.properties").write_text(config)
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        # the handler imports models/; an offline host finds TorchServe itself on PYTHONPATH
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
         "GLIMPSE_TS_THREADS": str(threads),
         "GLIMPSE_TS_AMP": amp,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
