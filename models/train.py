@@ -165,11 +165,17 @@ def sample_canvas_size(generator: torch.Generator) -> int:
     return int(torch.randint(40, 129, (1,), generator=generator))
 
 
-def validation_canvases(digits: DigitSplit) -> list[tuple[Tensor, Tensor]]:
-    """Fixed validation canvases: four per digit at 60×60 and four at 100×100, as (images, labels)."""
+def validation_canvases(
+    digits: DigitSplit, per_digit: int = 4, seed_offset: int = 0
+) -> list[tuple[Tensor, Tensor]]:
+    """Fixed validation canvases at 60×60 and at 100×100, as (images, labels).
+
+    Training selects on the default four per digit; other seeds (``seed_offset``) draw fresh canvases of
+    the same digits, for comparing models already selected on the default ones.
+    """
     val_sets = []
     for size in (60, 100):
-        sets = [fixed_canvases(digits, size, seed=1000 * k + size) for k in range(4)]
+        sets = [fixed_canvases(digits, size, seed=seed_offset + 1000 * k + size) for k in range(per_digit)]
         val_sets.append((torch.cat([v.images for v in sets]), torch.cat([v.labels for v in sets])))
     return val_sets
 

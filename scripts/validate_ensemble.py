@@ -4,6 +4,7 @@ Validation split only (the canvases ``models.train`` selects on); the test split
 this may choose teachers for ``models.train --teachers``.
 
     python scripts/validate_ensemble.py runs/t1 runs/t2 runs/t3
+    python scripts/validate_ensemble.py runs/* --per-digit 16 --seed-offset 100000   # fresh canvases
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model_dirs", type=Path, nargs="+")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--per-digit", type=int, default=4, help="canvases per digit and size")
+    parser.add_argument(
+        "--seed-offset", type=int, default=0, help="0: the canvases training selected on; else fresh ones"
+    )
     args = parser.parse_args()
-    val_sets = validation_canvases(load_mnist_splits()["validation"])
+    val_sets = validation_canvases(load_mnist_splits()["validation"], args.per_digit, args.seed_offset)
     totals = [torch.zeros(len(labels), len(LABELS)) for _, labels in val_sets]
     for directory in args.model_dirs:
         model = load_model(directory, args.device)[0]
