@@ -112,5 +112,6 @@ def test_bundled_default_model_is_small_verified_and_evaluated(tmp_path: Path) -
             "bfloat16_accuracy",
         } <= set(metrics)
     assert card.evaluation["cpu_cost"]["batch"] == 16
-    assert "stage1" in card.training
+    assert {"ms_per_image", "ms_per_image_bfloat16"} <= set(card.evaluation["cpu_cost"])
+    assert {"command", "device", "duration_s", "seed", "selection"} <= set(card.training)
     assert isinstance(model, AttentionNet)
