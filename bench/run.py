@@ -127,7 +127,6 @@ def serve_glimpse(
         "--workers",
         str(workers),
     ]
-    started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
@@ -148,7 +147,6 @@ def serve_glimpse(
             "rss_mib_after_ready": rss,
             "rss_mib_after_load": rss_mib(process.pid),
             "runs": runs,
-            "spawn_to_ready_s": time.perf_counter() - started - 0,
         }
     finally:
         process.send_signal(signal.SIGTERM)
