@@ -11,7 +11,7 @@ from PIL import Image
 
 from models import evaluate, train
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
-from models.data import fixed_canvases, load_mnist_splits
+from models.data import DigitSplit, fixed_canvases, load_mnist_splits
 from models.evaluate import map_quality, predict_with_maps
 from models.preprocessing import to_model_input
 
@@ -82,6 +82,22 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     assert train.learning_rate(1.0, 0.05) == pytest.approx(1.0)
     assert train.learning_rate(1.0, 0.5) < 1.0
     assert train.learning_rate(1.0, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fresh_validation_canvases_keep_the_digits_and_change_the_canvases() -> None:
+    digits = DigitSplit(
+        torch.randint(0, 256, (6, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8),
+        torch.arange(6),
+    )
+    selected = train.validation_canvases(digits)
+    fresh = train.validation_canvases(digits, per_digit=8, seed_offset=100_000)
+    assert [len(labels) for _, labels in selected] == [24, 24]
+    assert [len(labels) for _, labels in fresh] == [48, 48]
+    for (images, labels), (fresh_images, fresh_labels) in zip(selected, fresh, strict=True):
+        assert torch.equal(fresh_labels, labels.repeat(2))
+        assert not torch.equal(fresh_images[:24], images)
+    again = train.validation_canvases(digits, per_digit=8, seed_offset=100_000)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(fresh, again, strict=True))
 
 
 def test_map_quality_scores_known_maps() -> None:

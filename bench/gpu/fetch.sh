@@ -13,7 +13,6 @@ python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --im
 (cd wheels && apt-get download wrk libluajit-5.1-2 libluajit-5.1-common)
 ls -l wheels
 
-
 # TorchServe for the side-by-side run: its wheels unpacked into one site folder, and a Java 17 runtime
 # cut down with jlink (needs a local JDK 17). Both travel as .tar.xz: model-server.jar's 46 MB are
 # deflated file by file, and its contents re-compressed as one xz stream take 19 MB, which keeps what
