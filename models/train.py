@@ -40,6 +40,7 @@ from models.data import (
 )
 from models.folder import load_image_folder
 
+DISTILL_TEMPERATURE = 2.0  # softens teacher and student logits alike for distillation
 MNIST_PREPROCESSING = Preprocessing(
     color_mode="L", mean=(0.1,), std=(0.3,), size_policy="native", min_size=16
 )
@@ -312,17 +313,15 @@ def main(argv: list[str] | None = None) -> None:
                     ensemble = ensemble_probabilities(frozen_teachers, x) if frozen_teachers else None
             target = train_labels[index]
             loss = F.cross_entropy(output.logits, target, label_smoothing=args.label_smoothing)
+            soft_target = ensemble
+            if teacher_logits is not None:
+                soft_target = F.softmax(teacher_logits.detach() / DISTILL_TEMPERATURE, dim=1)
+            if soft_target is not None:
+                kl = distillation_loss(output.logits, soft_target)
+                loss = loss * (1 - args.distill_weight) + args.distill_weight * kl
             if teacher_logits is not None:
                 # Online distillation: the wider teacher learns from labels, the model from both.
-                loss = loss * (1 - args.distill_weight) + F.cross_entropy(teacher_logits, target)
-                soft = F.softmax(teacher_logits.detach() / 2.0, dim=1)
-                kl = F.kl_div(F.log_softmax(output.logits / 2.0, dim=1), soft, reduction="batchmean") * 4.0
-                loss = loss + args.distill_weight * kl
-            if ensemble is not None:
-                kl = (
-                    F.kl_div(F.log_softmax(output.logits / 2.0, dim=1), ensemble, reduction="batchmean") * 4.0
-                )
-                loss = loss * (1 - args.distill_weight) + args.distill_weight * kl
+                loss = loss + F.cross_entropy(teacher_logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             for group in optimizer.param_groups:
@@ -388,10 +387,16 @@ def learning_rate(peak: float, progress: float, warmup: float = 0.05) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
-def ensemble_probabilities(teachers: list[AttentionNet], x: Tensor, temperature: float = 2.0) -> Tensor:
-    """The teachers' class probabilities at ``temperature``, averaged (the distillation target)."""
-    probabilities = [F.softmax(t(x).logits.float() / temperature, dim=1) for t in teachers]
+def ensemble_probabilities(teachers: list[AttentionNet], x: Tensor) -> Tensor:
+    """The teachers' softened class probabilities, averaged (the distillation target)."""
+    probabilities = [F.softmax(t(x).logits.float() / DISTILL_TEMPERATURE, dim=1) for t in teachers]
     return torch.stack(probabilities).mean(0)
+
+
+def distillation_loss(logits: Tensor, soft_target: Tensor) -> Tensor:
+    """KL divergence from softened teacher probabilities, scaled by T² (Hinton et al. 2015)."""
+    log_probabilities = F.log_softmax(logits / DISTILL_TEMPERATURE, dim=1)
+    return F.kl_div(log_probabilities, soft_target, reduction="batchmean") * DISTILL_TEMPERATURE**2
 
 
 @torch.no_grad()
