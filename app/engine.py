@@ -33,7 +33,7 @@ from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
 from app.runtime import Precision, precision_name
-from models.attention_net import AttentionNet
+from models.attention_net import AttentionNet, output_size
 from models.checkpoint import Preprocessing
 from models.preprocessing import normalize_pixels
 
@@ -41,8 +41,8 @@ logger = logging.getLogger("glimpse.engine")
 
 MapKind = Literal["evidence", "attention"]
 PAD_WASTE_LIMIT = 2.0  # pad an image only up to 2× its own pixels
-# Heat images up to this size are rendered here, a batch at a time; larger ones in the decode pool, so
-# that resampling a 4096² map never holds up the next forward pass.
+# Heat images up to this size are rendered on the model's device, a batch at a time; larger ones in the
+# decode pool, so that resampling a 4096² map never holds up the next forward pass.
 RENDER_IN_BATCH_MAX_PIXELS = 512 * 512
 
 
@@ -179,7 +179,9 @@ class InferenceEngine:
         batch_size = 1
         while True:
             images = [torch.zeros(image_size, image_size, channels, dtype=torch.uint8)] * batch_size
-            self._forward(images, [1] * batch_size, [None] * batch_size)
+            # One map puts the render kernels and this size's sampling grid on the device beforehand.
+            maps: list[MapRequest | None] = [MapRequest("evidence") if batch_size == 1 else None] * batch_size
+            self._forward(images, [1] * batch_size, maps)
             if batch_size >= max_batch_size:
                 break
             batch_size = min(batch_size * 2, max_batch_size)
@@ -355,16 +357,20 @@ class InferenceEngine:
             output = self.model(x, input_size)
         probabilities = torch.softmax(output.logits.float(), dim=1)
         scores, indices = probabilities.topk(max(top_ks), dim=1)
+        sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
         if requested is None:
             scores, indices = self._to_host(scores, indices)
         else:
             targets = torch.where(requested >= 0, requested, indices[:, 0])
             kinds = {request.kind for request in map_requests if request is not None}
             empty = targets.new_zeros(0)
-            evidence = output.evidence(targets).float() if "evidence" in kinds else empty
-            attention = output.attention.float() if "attention" in kinds else empty
-            scores, indices, targets, valid, evidence, attention = self._to_host(
-                scores, indices, targets, output.valid_size, evidence, attention
+            maps: dict[MapKind, Tensor] = {
+                "evidence": output.evidence(targets).float() if "evidence" in kinds else empty,
+                "attention": output.attention.float() if "attention" in kinds else empty,
+            }
+            groups = self._render_groups(maps, map_requests, sizes)
+            scores, indices, targets, maps["evidence"], maps["attention"], *heats = self._to_host(
+                scores, indices, targets, maps["evidence"], maps["attention"], *(heat for _, heat in groups)
             )
         scores_list, indices_list = scores.tolist(), indices.tolist()
         predictions = [
@@ -372,9 +378,14 @@ class InferenceEngine:
             for index_row, score_row, k in zip(indices_list, scores_list, top_ks, strict=True)
         ]
         if requested is not None:
-            maps: dict[MapKind, Tensor] = {"evidence": evidence, "attention": attention}
-            sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
-            self._attach_maps(maps, targets.tolist(), valid.tolist(), map_requests, sizes, predictions)
+            for i, (request, target) in enumerate(zip(map_requests, targets.tolist(), strict=True)):
+                if request is not None:
+                    grid_height, grid_width = self._grid_size(sizes[i])
+                    predictions[i].target = target
+                    predictions[i].grid = maps[request.kind][i, :grid_height, :grid_width]
+            for (members, _), heat in zip(groups, heats, strict=True):
+                for i, image_heat in zip(members, heat.numpy(), strict=True):
+                    predictions[i].heat = image_heat
         return predictions
 
     def _requested_targets(self, map_requests: list[MapRequest | None]) -> Tensor:
@@ -428,30 +439,32 @@ class InferenceEngine:
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         return batch.contiguous(memory_format=memory_format), input_size
 
-    def _attach_maps(
-        self,
-        maps: dict[MapKind, Tensor],
-        targets: list[int],
-        valid: list[list[int]],
-        map_requests: list[MapRequest | None],
-        sizes: list[tuple[int, int]],
-        predictions: list[Prediction],
-    ) -> None:
-        """Cut each requested map (evidence for its target, or raw attention; CPU tensors) to its valid
-        grid and render its heat image; images of one size are rendered in one batched call."""
-        by_size: dict[tuple[int, int], list[tuple[int, Tensor]]] = {}
+    def _render_groups(
+        self, maps: dict[MapKind, Tensor], map_requests: list[MapRequest | None], sizes: list[tuple[int, int]]
+    ) -> list[tuple[list[int], Tensor]]:
+        """Heat images of the requested maps, rendered on the device with one call per image size.
+
+        Each map is cut to its image's valid feature grid and resampled onto the image's pixels (see
+        :func:`~app.imaging.render_heatmaps`); on a GPU this costs the host nothing but the copy of the
+        (B, H, W) uint8 result. Images above :data:`RENDER_IN_BATCH_MAX_PIXELS` are left to the
+        predictor, so that resampling a 4096² map never holds up the next forward pass.
+
+        Returns:
+            For each size: the indices of its images and their (n, H, W) uint8 heat images.
+        """
+        by_size: dict[tuple[int, int], list[tuple[int, MapKind]]] = {}
         for i, request in enumerate(map_requests):
-            if request is None:
-                continue
-            grid_height, grid_width = valid[i]
-            grid = maps[request.kind][i, :grid_height, :grid_width].clone()
-            predictions[i].target, predictions[i].grid = targets[i], grid
-            by_size.setdefault(sizes[i], []).append((i, grid))
-        stride = self.model.config.feature_stride
+            if request is not None and sizes[i][0] * sizes[i][1] <= RENDER_IN_BATCH_MAX_PIXELS:
+                by_size.setdefault(sizes[i], []).append((i, request.kind))
+        groups = []
         for (height, width), members in by_size.items():
-            if height * width > RENDER_IN_BATCH_MAX_PIXELS:
-                continue
-            grids = torch.stack([grid for _, grid in members])
-            heats = render_heatmaps(grids, height, width, stride).numpy()
-            for (i, _), heat in zip(members, heats, strict=True):
-                predictions[i].heat = heat
+            grid_height, grid_width = self._grid_size((height, width))
+            grids = torch.stack([maps[kind][i, :grid_height, :grid_width] for i, kind in members])
+            heats = render_heatmaps(grids, height, width, self.model.config.feature_stride)
+            groups.append(([i for i, _ in members], heats))
+        return groups
+
+    def _grid_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The valid feature grid of an image of this size, known on the host without a device copy."""
+        downsamplings = self.model.config.num_downsamplings
+        return int(output_size(size[0], downsamplings)), int(output_size(size[1], downsamplings))

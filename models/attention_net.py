@@ -290,7 +290,7 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
     # Only small grids are cached: a grid costs 8 bytes a pixel (128 MiB at 4096²), and clients choose
     # the sizes; building one takes microseconds next to resampling onto that many pixels anyway.
     small = input_height * input_width <= CACHED_SAMPLE_GRID_MAX_PIXELS
-    sample_grid = (cached_input_sample_grid if small else input_sample_grid)(*shape).to(grid.device)
+    sample_grid = (cached_input_sample_grid if small else input_sample_grid)(*shape, grid.device)
     sampled = F.grid_sample(
         grid.unsqueeze(1).float(),
         sample_grid.expand(batch, -1, -1, -1),
@@ -304,15 +304,21 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
 CACHED_SAMPLE_GRID_MAX_PIXELS = 512 * 512  # at most 2 MiB a grid, 128 MiB for the whole cache
 
 
-def input_sample_grid(height: int, width: int, input_height: int, input_width: int, stride: int) -> Tensor:
-    """The (1, H, W, 2) sampling grid of :func:`upsample_to_input`; it depends on shapes only."""
+def input_sample_grid(
+    height: int, width: int, input_height: int, input_width: int, stride: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """The (1, H, W, 2) sampling grid of :func:`upsample_to_input` on ``device``; it depends on shapes only.
+
+    Cached per device (:data:`cached_input_sample_grid`): copying it to a GPU for every call would make
+    the host wait for everything already queued there.
+    """
     with torch.inference_mode(False), torch.no_grad():
         ys = torch.arange(input_height, dtype=torch.float32) / stride
         xs = torch.arange(input_width, dtype=torch.float32) / stride
         # align_corners=True maps -1 and 1 to the first and last cell centres.
         ny = ys / max(height - 1, 1) * 2 - 1 if height > 1 else torch.zeros_like(ys)
         nx = xs / max(width - 1, 1) * 2 - 1 if width > 1 else torch.zeros_like(xs)
-        return torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1).unsqueeze(0)
+        return torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1).unsqueeze(0).to(device)
 
 
 cached_input_sample_grid = functools.lru_cache(maxsize=64)(input_sample_grid)

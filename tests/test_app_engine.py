@@ -6,11 +6,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import torch
 
 from app.engine import EngineConfig, InferenceEngine, MapRequest, plan_groups
 from app.errors import DeadlineExceeded, Overloaded
+from app.imaging import render_heatmaps
 from app.metrics import Metrics
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
@@ -62,6 +64,39 @@ async def test_mixed_size_batch_equals_single_image_runs(engine: InferenceEngine
         )
         assert torch.allclose(together.grid, alone.grid, atol=1e-5)
     assert engine.metrics.batch_size.collect()[0].samples  # the batch was observed
+
+
+async def test_heat_images_of_a_mixed_batch_render_each_image_s_own_map(engine: InferenceEngine) -> None:
+    """Maps of several sizes and both kinds, beside an image that asked for none, rendered per size group
+    on the device: each heat image is its own grid resampled onto its own pixels."""
+    sizes = [(60, 60), (48, 72), (60, 60), (33, 57), (60, 60)]
+    images = random_images(sizes, seed=2)
+    requests = [
+        MapRequest("evidence"),
+        MapRequest("attention", 4),
+        MapRequest("evidence", 7),  # the same size as the first: a swap within the group would show
+        MapRequest("evidence", 1),
+        None,
+    ]
+    deadline = time.perf_counter() + 30
+    pairs = zip(images, requests, strict=True)
+    jobs = [engine.predict([image], 3, request, deadline) for image, request in pairs]
+    with engine.expecting(len(images)):  # one batch
+        results = await asyncio.gather(*jobs)
+    assert engine.metrics.registry.get_sample_value("glimpse_batch_size_sum") == len(images)
+    for (height, width), request, (prediction,) in zip(sizes, requests, results, strict=True):
+        if request is None:
+            assert prediction.grid is None
+            assert prediction.heat is None
+            continue
+        assert prediction.grid is not None
+        assert prediction.heat is not None
+        expected = render_heatmaps(prediction.grid.unsqueeze(0), height, width, 4)[0].numpy()
+        assert prediction.heat.shape == (height, width)
+        assert np.array_equal(prediction.heat, expected)
+        assert prediction.target == (request.target if request.target is not None else prediction.indices[0])
+        if request.kind == "attention":
+            assert float(prediction.grid.sum()) == pytest.approx(1.0, abs=1e-4)
 
 
 async def test_bfloat16_mixed_size_batch_equals_single_image_runs() -> None:
