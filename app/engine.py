@@ -33,7 +33,7 @@ from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
 from app.runtime import Precision, precision_name
-from models.attention_net import AttentionNet, output_size
+from models.attention_net import AttentionNet, grid_mask, output_size
 from models.checkpoint import Preprocessing
 from models.preprocessing import normalize_pixels
 
@@ -417,9 +417,9 @@ class InferenceEngine:
     def _collate(self, images: list[Tensor]) -> tuple[Tensor, Tensor | None]:
         """Normalise (H, W, C) uint8 images into one batch on the device; valid sizes when padded.
 
-        Pixels travel as bytes and are normalised on the device, a whole batch at once. Images of
-        different sizes are each normalised and then zero-padded: zero in the normalised space is what
-        the network's masking expects beyond an image.
+        Pixels travel as bytes, in one (pinned, on CUDA) copy, and are normalised on the device a whole
+        batch at once. Images of different sizes are padded as bytes and zeroed beyond their valid
+        region after normalising: zero in the normalised space is what the network's masking expects.
         """
         pin = self.device.type == "cuda"
         spec = self.preprocessing
@@ -430,12 +430,15 @@ class InferenceEngine:
             batch = normalize_pixels(stacked.pin_memory() if pin else stacked, spec, self.device)
             input_size = None
         else:
-            batch = torch.zeros(len(images), spec.channels, height, width, device=self.device)
+            padded = torch.zeros(len(images), height, width, spec.channels, dtype=torch.uint8)
             for i, image in enumerate(images):
-                normalized = normalize_pixels(image.unsqueeze(0), spec, self.device)[0]
-                batch[i, :, : image.shape[0], : image.shape[1]] = normalized
-            sizes = [[int(image.shape[0]), int(image.shape[1])] for image in images]
-            input_size = torch.tensor(sizes, dtype=torch.long).to(self.device, non_blocking=pin)
+                padded[i, : image.shape[0], : image.shape[1]] = image
+            sizes = torch.tensor([[int(image.shape[0]), int(image.shape[1])] for image in images])
+            if pin:
+                padded, sizes = padded.pin_memory(), sizes.pin_memory()
+            input_size = sizes.to(self.device, non_blocking=pin)
+            # Zero beyond each image after normalising, as the masking expects: one copy, no per-image ops.
+            batch = normalize_pixels(padded, spec, self.device) * grid_mask(input_size, height, width)
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         return batch.contiguous(memory_format=memory_format), input_size
 

@@ -40,16 +40,19 @@ def check_no_implicit_sync() -> None:
     model = model.fuse_for_inference()
     engine = InferenceEngine(model, card.preprocessing, torch.device("cuda"), config, Metrics())
     images = [torch.zeros(60, 60, 1, dtype=torch.uint8)] * 8
-    engine._forward(images, [5] * 8, [MapRequest("evidence")] * 8)  # warm: first calls may sync
+    padded = [torch.zeros(60 + i, 61 - i, 1, dtype=torch.uint8) for i in range(8)]  # one padded batch
+    for batch in (images, padded):  # warm: first calls may sync
+        engine._forward(batch, [5] * 8, [MapRequest("evidence")] * 8)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for name, requests in [
-            ("predict", [None] * 8),
-            ("evidence maps", [MapRequest("evidence")] * 8),
-            ("mixed", [MapRequest("attention", 3), None] * 4),
+        for name, batch, requests in [
+            ("predict", images, [None] * 8),
+            ("evidence maps", images, [MapRequest("evidence")] * 8),
+            ("mixed", images, [MapRequest("attention", 3), None] * 4),
+            ("padded, mixed sizes and maps", padded, [MapRequest("evidence"), None] * 4),
         ]:
             try:
-                engine._forward(images, [5] * 8, requests)
+                engine._forward(batch, [5] * 8, requests)
                 print(f"no implicit sync: {name}", flush=True)
             except RuntimeError as exc:
                 print(f"IMPLICIT SYNC in {name}: {str(exc).splitlines()[0]}", flush=True)
