@@ -169,8 +169,8 @@ def _parse_query(query_string: bytes, attention: bool) -> _Query | None:
             return None
         seen.add(name)
         if name == "top_k":
-            if not value.isdigit() or not value.isascii():
-                return None
+            if not value.isdigit() or not value.isascii() or int(value) < 1:
+                return None  # the route's own validation words a value below 1
             query.top_k = int(value)
         elif not attention:
             continue  # FastAPI ignores parameters a route does not declare

@@ -43,6 +43,20 @@ async def test_unusual_parameters_go_to_the_route(
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "invalid_parameter")
 
 
+@pytest.mark.parametrize("top_k", ["0", "00", "11", "99999999999999999999999"])
+@pytest.mark.parametrize("path", ["/predict", "/attention-map"])
+async def test_a_top_k_out_of_range_is_worded_alike_on_both_paths(
+    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes], path: str, top_k: str
+) -> None:
+    image = canvas_png(7)
+    hot = await client.post(path, params={"top_k": top_k}, files={"file": ("d.png", image, "image/png")})
+    routed = await client.post(path, params={"top_k": top_k}, json={"image": b64(image)})
+    assert hot.status_code == routed.status_code == 422
+    assert hot.json() == routed.json()
+    assert hot.json()["error"]["code"] == "invalid_parameter"
+    assert "top_k" in hot.json()["error"]["message"]
+
+
 async def test_bodies_the_simple_parser_refuses_are_replayed(client: httpx.AsyncClient) -> None:
     response = await client.post("/predict", files={"other": ("d.png", b"x", "image/png")})
     assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
