@@ -75,7 +75,7 @@ def grad_cam(model: AttentionNet, x: torch.Tensor, stride: int) -> torch.Tensor:
     features, mask = model.forward_features(x.requires_grad_(False))
     features.retain_grad()
     logits, _ = model.forward_head(features, mask)
-    logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()  # type: ignore[no-untyped-call]
     assert features.grad is not None
     weights = features.grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * features).sum(1)).detach()

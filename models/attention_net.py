@@ -305,7 +305,12 @@ CACHED_SAMPLE_GRID_MAX_PIXELS = 512 * 512  # at most 2 MiB a grid, 128 MiB for t
 
 
 def input_sample_grid(
-    height: int, width: int, input_height: int, input_width: int, stride: int, device: torch.device | str = "cpu"
+    height: int,
+    width: int,
+    input_height: int,
+    input_width: int,
+    stride: int,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """The (1, H, W, 2) sampling grid of :func:`upsample_to_input` on ``device``; it depends on shapes only.
 

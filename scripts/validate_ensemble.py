@@ -37,7 +37,8 @@ def main() -> None:
         errors = []
         for (images, labels), total in zip(val_sets, totals, strict=True):
             x = normalize(images.unsqueeze(1).float().div(255).to(args.device), MNIST_PREPROCESSING)
-            probabilities = torch.cat([F.softmax(model(b).logits.float(), 1).cpu() for b in x.split(500)])
+            chunks = torch.split(x, 500)
+            probabilities = torch.cat([F.softmax(model(b).logits.float(), 1).cpu() for b in chunks])
             total += probabilities
             errors.append(float((probabilities.argmax(1) != labels).float().mean()))
         print(f"{directory}: validation error {errors[0]:.2%} / {errors[1]:.2%}  mean {sum(errors) / 2:.2%}")

@@ -45,12 +45,13 @@ def check_no_implicit_sync() -> None:
         engine._forward(batch, [5] * 8, [MapRequest("evidence")] * 8)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for name, batch, requests in [
+        cases: list[tuple[str, list[torch.Tensor], list[MapRequest | None]]] = [
             ("predict", images, [None] * 8),
             ("evidence maps", images, [MapRequest("evidence")] * 8),
             ("mixed", images, [MapRequest("attention", 3), None] * 4),
             ("padded, mixed sizes and maps", padded, [MapRequest("evidence"), None] * 4),
-        ]:
+        ]
+        for name, batch, requests in cases:
             try:
                 engine._forward(batch, [5] * 8, requests)
                 print(f"no implicit sync: {name}", flush=True)

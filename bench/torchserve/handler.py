@@ -40,6 +40,8 @@ class GlimpseHandler(BaseHandler):  # type: ignore[misc]
         images = []
         for row in data:
             payload = row.get("file") or row.get("data") or row.get("body")
+            if not isinstance(payload, bytes | bytearray):
+                raise ValueError("the request carries no image bytes")
             image = Image.open(io.BytesIO(payload))
             image.load()
             images.append(to_model_input(image, self.card.preprocessing))
