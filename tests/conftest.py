@@ -59,7 +59,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 def settings() -> Settings:
     """Defaults from the code, not from the developer's environment."""
-    return Settings(_env_file=None)  # type: ignore[call-arg]
+    return Settings(_env_file=None)
 
 
 async def started_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:

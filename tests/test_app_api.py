@@ -79,7 +79,13 @@ async def test_several_images_give_results_in_order(
 
 
 async def test_attention_map_contract(client: httpx.AsyncClient, canvas_png: Callable[[int], bytes]) -> None:
-    params = {"overlay": "true", "colormap": "viridis", "include_grid": "true", "target": "3", "top_k": 2}
+    params: dict[str, str | int] = {
+        "overlay": "true",
+        "colormap": "viridis",
+        "include_grid": "true",
+        "target": "3",
+        "top_k": 2,
+    }
     response = await client.post(
         "/attention-map", params=params, files={"file": ("d.png", canvas_png(5), "image/png")}
     )
@@ -165,7 +171,7 @@ async def test_attention_map_rejects_unknown_target_and_colormap(client: httpx.A
 
 
 async def test_limits_give_413(canvas_png: Callable[[int], bytes]) -> None:
-    app = create_app(Settings(max_images_per_request=2, max_body_bytes=5000, max_image_pixels=3000))  # type: ignore[call-arg]
+    app = create_app(Settings(max_images_per_request=2, max_body_bytes=5000, max_image_pixels=3000))
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
@@ -185,7 +191,7 @@ async def test_limits_give_413(canvas_png: Callable[[int], bytes]) -> None:
 async def test_api_keys_protect_inference_but_not_health_or_metrics(
     canvas_png: Callable[[int], bytes],
 ) -> None:
-    app = create_app(Settings(api_keys=["k1", "k2"]))  # type: ignore[call-arg]
+    app = create_app(Settings(api_keys=["k1", "k2"]))
     image = {"image": b64(canvas_png(0))}
     transport = httpx.ASGITransport(app=app)
     async with (
@@ -265,7 +271,7 @@ async def test_small_images_decoded_inline_answer_as_the_pool_does(
     """Images up to INLINE_MAX_PIXELS skip the decode pool; the answers must not depend on the route."""
     settings.amp_dtype = amp_dtype  # type: ignore[assignment]
     files = [("file", (f"{i}.png", canvas_png(i), "image/png")) for i in range(3)]
-    params = {"top_k": 10, "overlay": "true", "include_grid": "true"}
+    params: dict[str, str | int] = {"top_k": 10, "overlay": "true", "include_grid": "true"}
     answers = []
     for inline_max_pixels in (predictor_module.INLINE_MAX_PIXELS, 0):  # 60×60 inline, then via the pool
         monkeypatch.setattr(predictor_module, "INLINE_MAX_PIXELS", inline_max_pixels)

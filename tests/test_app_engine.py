@@ -64,7 +64,7 @@ async def test_mixed_size_batch_equals_single_image_runs(engine: InferenceEngine
             together.grid.shape == alone.grid.shape == ((image.shape[0] + 3) // 4, (image.shape[1] + 3) // 4)
         )
         assert torch.allclose(together.grid, alone.grid, atol=1e-5)
-    assert engine.metrics.batch_size.collect()[0].samples  # the batch was observed
+    assert engine.metrics.registry.get_sample_value("glimpse_batch_size_count")  # the batch was observed
 
 
 async def test_heat_images_of_a_mixed_batch_render_each_image_s_own_map(engine: InferenceEngine) -> None:

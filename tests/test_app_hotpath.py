@@ -79,7 +79,7 @@ def test_preprocessing_matches_the_reference_formula(color_mode: str, mode: str)
     spec = Preprocessing()
     if color_mode == "RGB":
         spec = Preprocessing("RGB", (0.48, 0.45, 0.4), (0.23, 0.22, 0.22))
-    arrays = {
+    arrays: dict[str, np.ndarray[Any, Any]] = {
         "RGB": rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
         "RGBA": rng.integers(0, 256, (37, 53, 4), dtype=np.uint8),
         "I;16": rng.integers(0, 65535, (37, 53), dtype=np.uint16),

@@ -12,9 +12,9 @@ import torch
 from conftest import png_bytes
 from PIL import Image
 
+from app.colormaps import COLORMAPS
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
 from app.imaging import (
-    COLORMAPS,
     DecodedImage,
     decode_image,
     encode_png,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 
 from app import runtime
 from app.config import Settings
 from app.lifecycle import DeviceUnavailable
+from app.runtime import Precision
 
 
 @pytest.mark.parametrize(
@@ -22,7 +25,11 @@ from app.lifecycle import DeviceUnavailable
     ],
 )
 def test_amp_dtype_resolution(
-    requested: str, device: str, amx: bool, expected: torch.dtype | None, monkeypatch: pytest.MonkeyPatch
+    requested: Literal["auto"] | Precision,
+    device: str,
+    amx: bool,
+    expected: torch.dtype | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runtime, "cpu_has_amx_bf16", lambda: amx)
     assert runtime.choose_amp_dtype(requested, torch.device(device)) == expected
@@ -46,18 +53,18 @@ def test_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """uvicorn's WEB_CONCURRENCY workers each take their share of the cores, not all of them."""
     monkeypatch.setattr(Settings, "cpu_count", property(lambda self: 8))
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert (settings.workers, settings.cores_per_worker) == (3, 2)
     previous = torch.get_num_threads()
     try:
         runtime.configure_torch(settings, torch.device("cpu"))
         assert torch.get_num_threads() == 2
-        runtime.configure_torch(Settings(_env_file=None, torch_threads=5), torch.device("cpu"))  # type: ignore[call-arg]
+        runtime.configure_torch(Settings(_env_file=None, torch_threads=5), torch.device("cpu"))
         assert torch.get_num_threads() == 5  # an explicit setting wins
     finally:
         torch.set_num_threads(previous)
     monkeypatch.setenv("WEB_CONCURRENCY", "16")
-    assert Settings(_env_file=None).cores_per_worker == 1  # type: ignore[call-arg]
+    assert Settings(_env_file=None).cores_per_worker == 1
 
 
 def test_cudnn_benchmark_mode_is_off_unless_asked_for() -> None:
@@ -65,9 +72,9 @@ def test_cudnn_benchmark_mode_is_off_unless_asked_for() -> None:
     previous = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = True
-        runtime.configure_torch(Settings(_env_file=None), torch.device("cpu"))  # type: ignore[call-arg]
+        runtime.configure_torch(Settings(_env_file=None), torch.device("cpu"))
         assert torch.backends.cudnn.benchmark is False
-        runtime.configure_torch(Settings(_env_file=None, cudnn_benchmark=True), torch.device("cpu"))  # type: ignore[call-arg]
+        runtime.configure_torch(Settings(_env_file=None, cudnn_benchmark=True), torch.device("cpu"))
         assert torch.backends.cudnn.benchmark is True
     finally:
         torch.backends.cudnn.benchmark = previous
@@ -82,4 +89,4 @@ def test_memory_trim_interval(
 ) -> None:
     if setting is not None:
         monkeypatch.setenv("GLIMPSE_MEMORY_TRIM_INTERVAL_S", setting)
-    assert Settings(_env_file=None).trim_interval_s(device) == expected  # type: ignore[call-arg]
+    assert Settings(_env_file=None).trim_interval_s(device) == expected

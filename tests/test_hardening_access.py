@@ -22,7 +22,7 @@ OPEN = ["/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs"]
 
 @pytest.fixture
 async def keyed() -> AsyncIterator[httpx.AsyncClient]:
-    async for http in started_client(Settings(_env_file=None, api_keys=KEYS)):  # type: ignore[call-arg]
+    async for http in started_client(Settings(_env_file=None, api_keys=KEYS)):
         yield http
 
 
@@ -78,7 +78,7 @@ async def test_cors_is_closed_unless_configured(settings: Settings) -> None:
             await http.get("/health/live", headers={"Origin": "https://evil.example"}),
         ]
         assert all("access-control-allow-origin" not in r.headers for r in answers)
-    allowed = Settings(_env_file=None, cors_origins=["https://app.example"])  # type: ignore[call-arg]
+    allowed = Settings(_env_file=None, cors_origins=["https://app.example"])
     async for http in started_client(allowed):
         good = await http.options("/predict", headers={**preflight, "Origin": "https://app.example"})
         bad = await http.options("/predict", headers=preflight)

@@ -124,7 +124,7 @@ def _flip_a_byte(directory: Path) -> None:
     weights.write_bytes(bytes(data))
 
 
-BROKEN_MODELS: dict[str, Callable[[Path], None]] = {
+BROKEN_MODELS: dict[str, Callable[[Path], object]] = {
     "missing directory": lambda d: shutil.rmtree(d),
     "missing weights": lambda d: (d / WEIGHTS_FILE).unlink(),
     "missing card": lambda d: (d / CARD_FILE).unlink(),

@@ -78,7 +78,7 @@ def test_folding_batch_norm_keeps_outputs() -> None:
     before = model(x)
     model.fuse_for_inference()
     after = model(x)
-    assert all(isinstance(layer.bn, torch.nn.Identity) for layer in model.backbone)  # type: ignore[union-attr]
+    assert all(isinstance(layer.bn, torch.nn.Identity) for layer in model.backbone)
     torch.testing.assert_close(after.logits, before.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(after.attention, before.attention, atol=1e-5, rtol=1e-4)
 
@@ -118,4 +118,6 @@ def test_only_small_sampling_grids_are_cached() -> None:
     assert large.shape == (1, 800, 800)
     assert torch.equal(upsample_to_input(grid, 30, 30, 4), small)
     assert cached_input_sample_grid.cache_info().hits == 1
-    assert cached_input_sample_grid.cache_info().maxsize * 8 * CACHED_SAMPLE_GRID_MAX_PIXELS <= 128 << 20
+    maxsize = cached_input_sample_grid.cache_info().maxsize
+    assert maxsize is not None
+    assert maxsize * 8 * CACHED_SAMPLE_GRID_MAX_PIXELS <= 128 << 20
