@@ -117,8 +117,8 @@ def render_heatmaps(maps: Tensor, input_height: int, input_width: int, stride: i
     """Resample the positive part of feature-grid maps onto the input's pixels as 8-bit heat images.
 
     Negative evidence shows as 0 (attention maps are never negative, so they are unchanged). One
-    batched call for maps of images of one size: the engine's inference thread renders a batch's maps
-    together, instead of a few tensor operations per image on the event loop.
+    batched call for maps of images of one size, on the tensors' device: the engine renders a batch's
+    maps together on the model's device, instead of a few tensor operations per image on the event loop.
 
     Args:
         maps: (B, h, w) maps over each image's valid feature grid.

@@ -1,8 +1,9 @@
 """The predictor: decode in the thread pool, infer through the batching engine, render the answers.
 
 It turns image bytes into the response dicts of ``/predict`` and ``/attention-map`` (shaped like the
-``…Public`` schemas). Decoding, map upsampling and PNG encoding run in the decode pool; the forward pass
-runs in the engine's inference thread; the event loop reads headers and coordinates. Requests whose
+``…Public`` schemas). Decoding and PNG encoding run in the decode pool; the forward pass and the map
+upsampling run in the engine's inference thread, on the model's device (the predictor upsamples only
+maps above the engine's size limit, in the pool); the event loop reads headers and coordinates. Requests whose
 images are all small (at most :data:`INLINE_MAX_PIXELS`) are decoded and rendered on the event loop
 itself: for a 60×60 canvas the hop to a pool thread and back costs more CPU than the decoding does.
 """
