@@ -1,32 +1,32 @@
 """The hot path: ``POST /predict`` and ``POST /attention-map`` with a multipart body, served in raw ASGI.
 
-FastAPI's layers (routing, dependency solving, query validation, Starlette's form parser) cost about as
-much CPU per request as decoding the image does. This middleware answers the common request itself:
-a multipart upload whose query parameters are all plainly valid. It calls the same predictor, raises
-the same domain errors (turned into the same JSON shape by :func:`app.errors.error_response`) and
-serialises the same dicts. Everything else — JSON bodies, unusual or invalid parameters, a missing or
-wrong API key, a body the simple parser does not accept — goes to the FastAPI routes unchanged (the
-body replayed when it was already read), so those stay the one documented, complete implementation and
-word every error. ``tests/test_app_hotpath.py`` checks that both paths answer byte for byte alike.
+FastAPI's layers (middleware, routing, dependency solving, query validation, Starlette's form parser)
+cost about as much CPU per request as decoding the image does. This wrapper sits outside all of them
+(:class:`app.main.GlimpseAPI` puts it there) and answers the common request itself: a multipart upload
+whose query parameters are all plainly valid. It calls the same predictor, raises the same domain
+errors (turned into the same JSON shape by :func:`app.errors.error_response`), serialises the same
+dicts and counts the request in the same metrics. Everything else — JSON bodies, unusual or invalid
+parameters, a missing or wrong API key, a cross-origin request when CORS is configured, a body the
+simple parser does not accept — goes to the full stack unchanged (the body replayed when it was already
+read), so the FastAPI routes stay the one documented, complete implementation and word every error.
+``tests/test_app_hotpath.py`` checks that both paths answer byte for byte alike.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
 from app.errors import GlimpseError, TooManyImages, error_response
 from app.predictor import MapOptions, Predictor
-from app.routes import attention as attention_route
-from app.routes import predict
 from app.uploads import check_declared_length, read_body, simple_multipart_files
 
 logger = logging.getLogger("glimpse.hotpath")
@@ -48,11 +48,10 @@ class _Query:
 
 
 class HotPath:
-    """Pure-ASGI middleware serving the two image routes' common case; see the module docstring."""
+    """Pure ASGI, outside every middleware: serves the two image routes' common case (module docstring)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._routes = _routes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
@@ -70,27 +69,33 @@ class HotPath:
             or query is None
             or not headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
             or not _authorised(settings, headers)
+            or (settings.cors_origins and b"origin" in headers)  # the CORS middleware adds its headers
         ):
             await self.app(scope, receive, send)
             return
-        scope["route"] = self._routes[path]  # the metrics middleware labels by route template
+        started = time.perf_counter()
+        status = 200
         replay: bytes | None = None
         try:
             body, replay = await self._answer(scope, receive, send, predictor, settings, query, headers)
         except GlimpseError as exc:
+            status = exc.status_code
             await error_response(exc.status_code, exc.code, exc.message, exc.headers)(scope, receive, send)
-            return
         except Exception as exc:
+            status = 500
             logger.error("unhandled error on POST %s", path, exc_info=exc)
             await error_response(500, "internal_error", "internal server error")(scope, receive, send)
-            return
+        else:
+            if replay is None:
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    *_JSON_HEADERS, (b"content-length", str(len(body)).encode()),
+                ]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            if replay is None:  # a replayed request is counted by the metrics middleware instead
+                state.metrics.observe_request(path, "POST", status, time.perf_counter() - started)
         if replay is not None:
             await self.app(scope, _replaying(replay), send)
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            *_JSON_HEADERS, (b"content-length", str(len(body)).encode()),
-        ]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
 
     async def _answer(
         self,
@@ -126,12 +131,6 @@ class HotPath:
         else:
             results = await predictor.attention_maps(images, query.top_k, options)
         return orjson.dumps({"results": results} if len(images) > 1 else results[0]), None
-
-
-def _routes() -> dict[str, Route]:
-    """The routes' own objects: the metrics middleware reads their path templates."""
-    routes = [*predict.router.routes, *attention_route.router.routes]
-    return {route.path: route for route in routes if isinstance(route, Route)}
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from app.config import Settings, get_settings
 from app.docs import install_docs
@@ -115,10 +116,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("stopped")
 
 
+class GlimpseAPI(FastAPI):
+    """FastAPI with the hot path (:mod:`app.hotpath`) outside all of its middleware."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return HotPath(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; nothing heavy happens until the lifespan starts."""
     settings = settings or get_settings()
-    app = FastAPI(
+    app = GlimpseAPI(
         title="Glimpse",
         version="0.1.0",
         description=DESCRIPTION,
@@ -140,7 +148,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_failed = False
     install_error_handlers(app)
     install_docs(app)
-    app.add_middleware(HotPath)  # innermost: CORS and metrics wrap the hot path too
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

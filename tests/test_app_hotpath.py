@@ -57,6 +57,21 @@ async def test_a_top_k_out_of_range_is_worded_alike_on_both_paths(
     assert "top_k" in hot.json()["error"]["message"]
 
 
+async def test_hot_path_requests_are_counted_once_in_the_metrics(
+    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes]
+) -> None:
+    image = ("d.png", canvas_png(1), "image/png")
+    await client.post("/predict", files={"file": image})  # hot path, 200
+    await client.post("/attention-map", files={"file": image})  # hot path, 200
+    await client.post("/predict", files={"file": ("d.png", b"not an image", "image/png")})  # hot path, 415
+    await client.post("/predict", files={"other": image})  # read by the hot path, replayed: the route's 400
+    text = (await client.get("/metrics")).text
+    for route, status in [("/predict", 200), ("/attention-map", 200), ("/predict", 415), ("/predict", 400)]:
+        assert f'glimpse_requests_total{{method="POST",route="{route}",status="{status}"}} 1.0' in text
+    assert 'glimpse_request_duration_seconds_count{route="/predict"} 3.0' in text
+    assert 'glimpse_request_duration_seconds_count{route="/attention-map"} 1.0' in text
+
+
 async def test_bodies_the_simple_parser_refuses_are_replayed(client: httpx.AsyncClient) -> None:
     response = await client.post("/predict", files={"other": ("d.png", b"x", "image/png")})
     assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")

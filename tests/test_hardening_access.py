@@ -70,7 +70,9 @@ def test_keys_are_compared_in_constant_time() -> None:
         assert "in settings.api_keys:" not in source.replace("for key in settings.api_keys:", ""), module
 
 
-async def test_cors_is_closed_unless_configured(settings: Settings) -> None:
+async def test_cors_is_closed_unless_configured(
+    settings: Settings, canvas_png: Callable[[int], bytes]
+) -> None:
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     async for http in started_client(settings):
         answers = [
@@ -79,14 +81,19 @@ async def test_cors_is_closed_unless_configured(settings: Settings) -> None:
         ]
         assert all("access-control-allow-origin" not in r.headers for r in answers)
     allowed = Settings(_env_file=None, cors_origins=["https://app.example"])
+    upload = {"file": ("d.png", canvas_png(0), "image/png")}
     async for http in started_client(allowed):
         good = await http.options("/predict", headers={**preflight, "Origin": "https://app.example"})
         bad = await http.options("/predict", headers=preflight)
         simple = await http.get("/health/live", headers={"Origin": "https://app.example"})
+        # A multipart upload the hot path would take: from another origin it must carry the CORS header.
+        posted = await http.post("/predict", files=upload, headers={"Origin": "https://app.example"})
     assert good.status_code == 200
     assert good.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in bad.headers
     assert simple.headers["access-control-allow-origin"] == "https://app.example"
+    assert posted.status_code == 200
+    assert posted.headers["access-control-allow-origin"] == "https://app.example"
 
 
 # Anything that can execute code while loading data, and loaders whose safety depends on a flag.
