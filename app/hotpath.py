@@ -74,7 +74,7 @@ class HotPath:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 200
+        status = 500  # as the metrics middleware counts a request that ends before its response starts
         replay: bytes | None = None
         try:
             body, replay = await self._answer(scope, receive, send, predictor, settings, query, headers)
@@ -87,6 +87,7 @@ class HotPath:
             await error_response(500, "internal_error", "internal server error")(scope, receive, send)
         else:
             if replay is None:
+                status = 200
                 await send({"type": "http.response.start", "status": 200, "headers": [
                     *_JSON_HEADERS, (b"content-length", str(len(body)).encode()),
                 ]})  # fmt: skip
