@@ -24,12 +24,10 @@ import asyncio
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,8 +35,8 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+from bench.run import BENCH, ROOT, wait_ready, wrk
+
 STUBS = ("trivial", "parse", "decode", "handoff")
 VARIANTS = (*STUBS, "glimpse-tiny", "glimpse")
 PORT = 8131
@@ -86,6 +84,7 @@ def tiny_model(directory: Path) -> Path:
 
 
 def serve(variant: str, tiny: Path) -> subprocess.Popen[bytes]:
+    """Start one variant on :data:`PORT` and wait until it answers."""
     env = {**os.environ, "GLIMPSE_TORCH_THREADS": "1", "GLIMPSE_DECODE_THREADS": "1"}
     target = "app.main:app"
     if variant in STUBS:
@@ -94,16 +93,13 @@ def serve(variant: str, tiny: Path) -> subprocess.Popen[bytes]:
         env["GLIMPSE_MODEL_DIR"] = str(tiny)
     command = [sys.executable, "-m", "uvicorn", target, "--port", str(PORT), "--log-level", "warning"]
     process = subprocess.Popen([*command, "--no-access-log"], cwd=ROOT, env=env)
-    started = time.perf_counter()
-    while time.perf_counter() - started < 60:
-        try:
-            path = "/health/ready" if variant.startswith("glimpse") else "/"
-            urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=1)
-            return process
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{variant} did not start")
+    path = "/health/ready" if variant.startswith("glimpse") else "/"
+    try:
+        wait_ready(f"http://127.0.0.1:{PORT}{path}", process)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,31 +107,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def load(seconds: int) -> tuple[int, float]:
-    """Requests answered and requests/s from one wrk run against the served variant."""
-    command = ["wrk", "-s", str(BENCH / "wrk" / "multipart.lua"), "-c16", "-t1", f"-d{seconds}s"]
-    env = {**os.environ, "IMAGE": str(BENCH / "canvas60.png")}
-    output = subprocess.run(
-        [*command, f"http://127.0.0.1:{PORT}/predict"], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    requests = re.search(r"(\d+) requests in", output)
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    assert requests is not None, output
-    assert rate is not None, output
-    return int(requests.group(1)), float(rate.group(1))
-
-
 def measure(variant: str, tiny: Path, seconds: int) -> dict[str, Any]:
     process = serve(variant, tiny)
+    url, image = f"http://127.0.0.1:{PORT}/predict", BENCH / "canvas60.png"
     try:
-        load(2)  # warm the path
+        wrk(url, 16, 2, 1, image)  # warm the path
         before = cpu_seconds(process.pid)
-        requests, rate = load(seconds)
+        run = wrk(url, 16, seconds, 1, image)
         spent = cpu_seconds(process.pid) - before
     finally:
         process.terminate()
         process.wait(30)
-    return {"requests": requests, "requests_per_s": rate, "cpu_us_per_request": spent / requests * 1e6}
+    requests = run["raw"]["requests"]
+    return {
+        "requests": requests,
+        "requests_per_s": run["requests_per_s"],
+        "errors": run["errors"],
+        "cpu_us_per_request": spent / requests * 1e6,
+    }
 
 
 def main() -> None:
