@@ -2,7 +2,8 @@
 
 The body is read with a hard byte limit (the declared Content-Length is checked first, then the bytes
 actually received, so chunked uploads are bounded too). :func:`simple_multipart_files` is the hot path's
-parser: python-multipart's callback parser straight over the body, without Starlette's form machinery.
+parser: slicing for the plain bodies HTTP clients send, python-multipart's callback parser straight over
+any other body, without Starlette's form machinery either way.
 """
 
 from __future__ import annotations
@@ -118,6 +119,75 @@ def simple_multipart_files(body: bytes, content_type: bytes) -> list[bytes] | No
     boundary = params.get(b"boundary")
     if not boundary:
         return None
+    files = _plain_file_parts(body, boundary)
+    return files if files is not None else _parsed_file_parts(body, boundary)
+
+
+def _plain_file_parts(body: bytes, boundary: bytes) -> list[bytes] | None:
+    """The ``file`` parts of a body in the plain shape every HTTP client sends, by slicing; else None.
+
+    The plain shape: the body opens with the first delimiter, every line break is CRLF, each part has
+    at most :data:`PLAIN_MAX_HEADERS` ``token: value`` headers, and the closing delimiter ends the body
+    (or one CRLF after it). Within it, a part's content is everything up to the next CRLF and
+    delimiter, which RFC 2046 forbids inside content, so slicing there is what python-multipart's
+    state machine arrives at, for a tenth of the CPU on a small upload. Anything else (or a doubt)
+    gives None, and :func:`_parsed_file_parts` reads the body as before. ``tests/test_app_uploads.py``
+    checks on generated and mutated bodies that the two agree whenever this one answers.
+    """
+    delimiter = b"--" + boundary
+    if not body.startswith(delimiter + b"\r\n"):
+        return None
+    separator = b"\r\n" + delimiter
+    files: list[bytes] = []
+    start = len(delimiter) + 2
+    while True:
+        headers_end = body.find(b"\r\n\r\n", start, start + PLAIN_MAX_HEADER_BYTES)
+        if headers_end < 0:
+            return None
+        content_end = body.find(separator, headers_end + 4)
+        if content_end < 0:
+            return None
+        disposition = _plain_disposition(body[start:headers_end])
+        if disposition is None:
+            return None
+        _, options = parse_options_header(disposition)
+        if options.get(b"name") == b"file":
+            if b"filename" not in options:
+                return None  # a text field named file: the full parser's caller words the error
+            files.append(body[headers_end + 4 : content_end])
+        after = content_end + len(separator)
+        ending = body[after : after + 2]
+        if ending == b"--":
+            return files if body[after + 2 :] in (b"", b"\r\n") and files else None
+        if ending != b"\r\n":
+            return None
+        start = after + 2
+
+
+PLAIN_MAX_HEADERS = 8  # python-multipart's own limits on a part's headers
+PLAIN_MAX_HEADER_BYTES = 4096
+_TOKEN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
+
+
+def _plain_disposition(headers: bytes) -> bytes | None:
+    """The Content-Disposition value of a part's header block in the plain shape, else None."""
+    lines = headers.split(b"\r\n")
+    if len(lines) > PLAIN_MAX_HEADERS:
+        return None
+    disposition = None
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not _TOKEN.issuperset(name) or b"\r" in value or b"\n" in value:
+            return None
+        if name.lower() == b"content-disposition":
+            if disposition is not None:
+                return None
+            disposition = value.lstrip(b" ")
+    return disposition
+
+
+def _parsed_file_parts(body: bytes, boundary: bytes) -> list[bytes] | None:
+    """:func:`simple_multipart_files` by python-multipart's parser, for a body of any shape."""
     collector = _PartCollector()
     try:
         parser = MultipartParser(boundary, collector.callbacks(), max_size=len(body))
