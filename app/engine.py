@@ -242,6 +242,8 @@ class InferenceEngine:
         self.metrics.queue_depth.set(len(self._queue))
         self._wakeup.set()
         try:
+            if len(jobs) == 1:  # most requests: no gathering future and callbacks to set up
+                return [await jobs[0].future]
             return list(await asyncio.gather(*(job.future for job in jobs)))
         finally:
             for job in jobs:  # a caller that gave up (timeout, disconnect) frees its queue slots

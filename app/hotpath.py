@@ -125,7 +125,7 @@ class HotPath:
             raise TooManyImages(
                 f"{len(images)} images in one request; the limit is {settings.max_images_per_request}"
             )
-        predictor.engine.metrics.images_per_request.labels(scope["path"]).observe(len(images))
+        predictor.engine.metrics.observe_images(scope["path"], len(images))
         results: list[dict[str, Any]]
         if options is None:
             results = await predictor.predict(images, query.top_k)

@@ -44,10 +44,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S, registry=self.registry,
         )  # fmt: skip
 
+        # Each label set's children, looked up once: ``labels()`` costs about as much as the update.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._images_children: dict[str, Histogram] = {}
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished request and its latency under its route template."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_images(self, route: str, count: int) -> None:
+        """Record how many images an accepted request carried."""
+        child = self._images_children.get(route)
+        if child is None:
+            child = self._images_children[route] = self.images_per_request.labels(route)
+        child.observe(count)
 
 
 class MetricsMiddleware:

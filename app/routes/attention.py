@@ -71,6 +71,6 @@ async def attention_map(
     options = MapOptions(kind, predictor.target_index(target), colormap if overlay else None, include_grid)
     predictor.check_top_k(top_k)
     upload = await read_upload(request, settings.max_body_bytes, settings.max_images_per_request)
-    predictor.engine.metrics.images_per_request.labels("/attention-map").observe(len(upload.images))
+    predictor.engine.metrics.observe_images("/attention-map", len(upload.images))
     results = await predictor.attention_maps(upload.images, top_k, options)
     return json_response({"results": results} if upload.several else results[0])

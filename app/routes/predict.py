@@ -35,6 +35,6 @@ async def predict(
     """The top_k classes of each image with their softmax probabilities, highest first."""
     predictor.check_top_k(top_k)
     upload = await read_upload(request, settings.max_body_bytes, settings.max_images_per_request)
-    predictor.engine.metrics.images_per_request.labels("/predict").observe(len(upload.images))
+    predictor.engine.metrics.observe_images("/predict", len(upload.images))
     results = await predictor.predict(upload.images, top_k)
     return json_response({"results": results} if upload.several else results[0])
