@@ -181,13 +181,13 @@ class InferenceEngine:
             images = [torch.zeros(image_size, image_size, channels, dtype=torch.uint8)] * batch_size
             # One map puts the render kernels and this size's sampling grid on the device beforehand.
             maps: list[MapRequest | None] = [MapRequest("evidence") if batch_size == 1 else None] * batch_size
-            self._forward(images, [1] * batch_size, maps)
+            self.forward_batch(images, [1] * batch_size, maps)
             if batch_size >= max_batch_size:
                 break
             batch_size = min(batch_size * 2, max_batch_size)
         sizes = [(image_size, image_size), (image_size + 3, image_size + 5)]  # the padded path too
         padded = [torch.zeros(h, w, channels, dtype=torch.uint8) for h, w in sizes]
-        self._forward(padded, [1, 1], [None, None])
+        self.forward_batch(padded, [1, 1], [None, None])
 
     # -- submission --------------------------------------------------------------------------------
     @contextmanager
@@ -326,7 +326,7 @@ class InferenceEngine:
         """
         try:
             return list(
-                self._forward(
+                self.forward_batch(
                     [job.pixels for job in jobs],
                     [job.top_k for job in jobs],
                     [job.map_request for job in jobs],
@@ -343,10 +343,14 @@ class InferenceEngine:
             return self._forward_or_split(jobs[:half]) + self._forward_or_split(jobs[half:])
 
     @torch.inference_mode()
-    def _forward(
+    def forward_batch(
         self, images: list[Tensor], top_ks: list[int], map_requests: list[MapRequest | None]
     ) -> list[Prediction]:
-        """One forward pass over images of possibly different sizes; runs in the inference thread."""
+        """One forward pass over images of possibly different sizes, synchronously.
+
+        The batcher runs it in the inference thread; the in-process benchmarks (``bench/``) call it
+        directly, to time the same work without HTTP.
+        """
         x, input_size = self._collate(images)
         wants_maps = any(request is not None for request in map_requests)
         requested = self._requested_targets(map_requests) if wants_maps else None

@@ -87,7 +87,7 @@ class Predictor:
         self.check_top_k(top_k)
         async with self._deadline() as deadline:
             _, predictions = await self._infer(images, top_k, None, keep_rgb=False, deadline=deadline)
-        return [{"model": self.model_ref, "predictions": self._predictions(p)} for p in predictions]
+        return [{"model": self.model_ref, "predictions": self.prediction_entries(p)} for p in predictions]
 
     async def attention_maps(
         self, images: list[bytes], top_k: int, options: MapOptions
@@ -100,7 +100,7 @@ class Predictor:
                 images, top_k, map_request, keep_rgb=options.colormap is not None, deadline=deadline
             )
             return await self._map_images(
-                lambda pair: self._render(pair[0], pair[1], options),
+                lambda pair: self.render_map(pair[0], pair[1], options),
                 list(zip(decoded, predictions, strict=True)),
                 [image.width * image.height for image in decoded],
             )
@@ -137,14 +137,17 @@ class Predictor:
             await asyncio.gather(*(loop.run_in_executor(self.pool, function, item) for item in items))
         )
 
-    def _predictions(self, prediction: Prediction) -> list[dict[str, Any]]:
+    def prediction_entries(self, prediction: Prediction) -> list[dict[str, Any]]:
+        """The ``predictions`` list of an answer: label, class index and probability, best first."""
         labels = self.card.labels
         return [
             {"label": labels[index], "index": index, "score": score}
             for index, score in zip(prediction.indices, prediction.scores, strict=True)
         ]
 
-    def _render(self, decoded: DecodedImage, prediction: Prediction, options: MapOptions) -> dict[str, Any]:
+    def render_map(
+        self, decoded: DecodedImage, prediction: Prediction, options: MapOptions
+    ) -> dict[str, Any]:
         """Encode the engine's heat image (and the overlay) as PNGs; in the decode pool unless small."""
         assert prediction.grid is not None
         assert prediction.target is not None
@@ -157,7 +160,7 @@ class Predictor:
             blended = _b64(encode_png(overlay(decoded.rgb, heat, options.colormap)))
         response: dict[str, Any] = {
             "model": self.model_ref,
-            "predictions": self._predictions(prediction),
+            "predictions": self.prediction_entries(prediction),
             "target": self.card.labels[prediction.target],
             "kind": options.kind,
             "width": decoded.width,

@@ -34,13 +34,13 @@ def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, atten
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or done == 0:
         decoded = [decode_image(data, card.preprocessing, 1 << 26, 16) for _ in range(batch)]
-        predictions = engine._forward([d.pixels for d in decoded], [5] * batch, [request] * batch)
+        predictions = engine.forward_batch([d.pixels for d in decoded], [5] * batch, [request] * batch)
         for image, prediction in zip(decoded, predictions, strict=True):
             if attention:
-                orjson.dumps(predictor._render(image, prediction, options))
+                orjson.dumps(predictor.render_map(image, prediction, options))
             else:
                 orjson.dumps(
-                    {"model": predictor.model_ref, "predictions": predictor._predictions(prediction)}
+                    {"model": predictor.model_ref, "predictions": predictor.prediction_entries(prediction)}
                 )
         done += batch
     return done / (time.perf_counter() - started)
@@ -91,18 +91,18 @@ def map_cost(
     options = MapOptions("evidence", None, None, False)
 
     def ours() -> None:
-        predictions = engine._forward(
+        predictions = engine.forward_batch(
             [d.pixels for d in decoded], [5] * batch, [MapRequest("evidence")] * batch
         )
         for image, prediction in zip(decoded, predictions, strict=True):
-            predictor._render(image, prediction, options)
+            predictor.render_map(image, prediction, options)
 
     def gradcam() -> None:
         x = normalize_pixels(torch.stack([d.pixels for d in decoded]), card.preprocessing, engine.device)
         maps = grad_cam(model, x, card.config.feature_stride)
         heats = heatmaps_to_uint8(maps).cpu().numpy()  # the same scaling and PNG work as ours
         for image, grid, heat in zip(decoded, maps.cpu(), heats, strict=True):
-            predictor._render(image, _as_prediction(grid, heat), options)
+            predictor.render_map(image, _as_prediction(grid, heat), options)
 
     return {
         "attention_map_s": _per_image(ours, batch, seconds),

@@ -83,7 +83,7 @@ def main() -> None:
 
 def model_map(predictor: Predictor) -> NDArray[np.uint8]:
     image = decode_image(CANVAS.read_bytes(), predictor.card.preprocessing, 1 << 26, 16)
-    prediction = predictor.engine._forward([image.pixels], [1], [MapRequest("evidence")])[0]
+    prediction = predictor.engine.forward_batch([image.pixels], [1], [MapRequest("evidence")])[0]
     assert prediction.heat is not None
     return prediction.heat
 

@@ -341,7 +341,7 @@ async def test_internal_errors_are_generic(
     def explode(*_: object) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(Predictor, "_predictions", explode)
+    monkeypatch.setattr(Predictor, "prediction_entries", explode)
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # what a real server does
     async with (

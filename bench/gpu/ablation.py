@@ -42,7 +42,7 @@ def check_no_implicit_sync() -> None:
     images = [torch.zeros(60, 60, 1, dtype=torch.uint8)] * 8
     padded = [torch.zeros(60 + i, 61 - i, 1, dtype=torch.uint8) for i in range(8)]  # one padded batch
     for batch in (images, padded):  # warm: first calls may sync
-        engine._forward(batch, [5] * 8, [MapRequest("evidence")] * 8)
+        engine.forward_batch(batch, [5] * 8, [MapRequest("evidence")] * 8)
     torch.cuda.set_sync_debug_mode("error")
     try:
         cases: list[tuple[str, list[torch.Tensor], list[MapRequest | None]]] = [
@@ -53,7 +53,7 @@ def check_no_implicit_sync() -> None:
         ]
         for name, batch, requests in cases:
             try:
-                engine._forward(batch, [5] * 8, requests)
+                engine.forward_batch(batch, [5] * 8, requests)
                 print(f"no implicit sync: {name}", flush=True)
             except RuntimeError as exc:
                 print(f"IMPLICIT SYNC in {name}: {str(exc).splitlines()[0]}", flush=True)
