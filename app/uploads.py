@@ -130,9 +130,10 @@ def _plain_file_parts(body: bytes, boundary: bytes) -> list[bytes] | None:
     at most :data:`PLAIN_MAX_HEADERS` ``token: value`` headers, and the closing delimiter ends the body
     (or one CRLF after it). Within it, a part's content is everything up to the next CRLF and
     delimiter, which RFC 2046 forbids inside content, so slicing there is what python-multipart's
-    state machine arrives at, for a third of the CPU on a 60×60 upload. Anything else (or a doubt)
-    gives None, and :func:`_parsed_file_parts` reads the body as before. ``tests/test_app_uploads.py``
-    checks on generated and mutated bodies that the two agree whenever this one answers.
+    state machine arrives at, for half the CPU per 60×60 upload (``python -m bench.request_cost``,
+    ``bench/results/20261129-plain-multipart-cpu/``). Anything else (or a doubt) gives None, and
+    :func:`_parsed_file_parts` reads the body as before. ``tests/test_app_uploads.py`` checks on
+    generated and mutated bodies that the two agree whenever this one answers.
     """
     delimiter = b"--" + boundary
     if not body.startswith(delimiter + b"\r\n"):
