@@ -82,7 +82,6 @@ class HotPath:
             status = exc.status_code
             await error_response(exc.status_code, exc.code, exc.message, exc.headers)(scope, receive, send)
         except Exception as exc:
-            status = 500
             logger.error("unhandled error on POST %s", path, exc_info=exc)
             await error_response(500, "internal_error", "internal server error")(scope, receive, send)
         else:
@@ -169,8 +168,9 @@ def _parse_query(query_string: bytes, attention: bool) -> _Query | None:
             return None
         seen.add(name)
         if name == "top_k":
-            if not value.isdigit() or not value.isascii() or int(value) < 1:
-                return None  # the route's own validation words a value below 1
+            # The route's own validation words a value below 1, and one too long for int() to parse.
+            if not value.isdigit() or not value.isascii() or len(value) > 9 or int(value) < 1:
+                return None
             query.top_k = int(value)
         elif not attention:
             continue  # FastAPI ignores parameters a route does not declare
