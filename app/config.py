@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         "and on CPUs with native bf16 matrix units (AMX), float32 elsewhere.",
     )
     channels_last: bool = Field(True, description="Run the convolutions in channels-last memory format.")
+    inline_forward_max_ms: float = Field(
+        20.0,
+        ge=0,
+        le=1000,
+        description="On a CPU, forward passes the warm-up's timing puts at most this long run on the event "
+        "loop instead of the inference thread, saving the hand-off; 0 runs every pass in the thread.",
+    )
     cudnn_benchmark: bool = Field(
         False,
         description="Let cuDNN time its kernels for every new input shape (batch size × height × width) "

@@ -2,10 +2,17 @@
 
 Requests put images on a bounded queue and await futures. One asyncio task forms batches: it takes up
 to ``max_batch_size`` images, waiting at most ``max_batch_delay_ms`` after the first one — and only
-while other requests are still decoding images that are about to arrive, so a lone request is never
-held back. The forward pass runs in ONE dedicated inference thread (torch's intra-op pool gives it
-this worker's share of the cores), under ``torch.inference_mode``; while it runs, the event loop keeps
-accepting and decoding, and the next batch is already queued when the thread comes back.
+while more images are expected (below), so a lone request is never held back. The forward pass runs
+under ``torch.inference_mode`` in one of two places:
+
+* In ONE dedicated inference thread (torch's intra-op pool gives it this worker's share of the
+  cores): always on a GPU, and on a CPU for batches expected to take longer than
+  ``inline_max_seconds``. While it runs, the event loop keeps accepting and decoding, and the next
+  batch is already queued when the thread comes back. Images still being decoded are expected.
+* On a CPU, on the event loop itself for the other batches: a small batch's hand-off to the thread
+  and back, with the GIL changing hands, cost more CPU than it saved (README, Performance). Nothing
+  arrives during an inline pass, so the clients it answers send their next requests just after it:
+  the next batch waits for as many images as the inline one had.
 
 Images of different sizes are zero-padded to the batch's largest height and width with their valid
 sizes passed to the model, which masks the padding: the batched answer equals the single-image answer.
@@ -93,6 +100,7 @@ class EngineConfig:
     max_batch_pixels: int = 4096 * 4096  # padded pixels per forward pass; one larger image runs alone
     amp_dtype: torch.dtype | None = None  # autocast dtype on the model's device; None runs float32
     channels_last: bool = True
+    inline_max_seconds: float = 0.02  # CPU only: passes expected to be this short run on the event loop
 
 
 def plan_groups(sizes: list[tuple[int, int]], max_batch_pixels: int) -> list[list[int]]:
@@ -143,6 +151,8 @@ class InferenceEngine:
         self._idle = asyncio.Event()  # set while the queue is empty and no batch runs
         self._idle.set()
         self._incoming = 0  # images being decoded by requests that will submit them soon
+        self._inline_batch = 0  # images in the last batch if it ran on the event loop, else 0
+        self._seconds_per_pixel = 0.0  # a large batch's forward cost, measured by the warm-up
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glimpse-inference")
@@ -185,6 +195,9 @@ class InferenceEngine:
             if batch_size >= max_batch_size:
                 break
             batch_size = min(batch_size * 2, max_batch_size)
+        started = time.perf_counter()  # the largest batch again, its kernels built: the cost estimate
+        self.forward_batch(images, [1] * batch_size, [None] * batch_size)
+        self._seconds_per_pixel = (time.perf_counter() - started) / (batch_size * image_size * image_size)
         sizes = [(image_size, image_size), (image_size + 3, image_size + 5)]  # the padded path too
         padded = [torch.zeros(h, w, channels, dtype=torch.uint8) for h, w in sizes]
         self.forward_batch(padded, [1, 1], [None, None])
@@ -258,7 +271,9 @@ class InferenceEngine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             flush_at = self._queue[0].enqueued_at + self.config.max_batch_delay_ms / 1000
-            while len(self._queue) < self.config.max_batch_size and self._incoming > 0:
+            while len(self._queue) < self.config.max_batch_size and (
+                self._incoming > 0 or len(self._queue) < self._inline_batch
+            ):
                 remaining = flush_at - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -271,8 +286,13 @@ class InferenceEngine:
             jobs = self._take_batch()
             if not jobs:
                 continue
+            inline = self._runs_inline(jobs)
+            self._inline_batch = len(jobs) if inline else 0
             try:
-                results = await loop.run_in_executor(self._executor, self._run_jobs, jobs)
+                if inline:
+                    results = self._run_jobs(jobs)
+                else:
+                    results = await loop.run_in_executor(self._executor, self._run_jobs, jobs)
             except Exception as exc:
                 logger.exception("forward pass failed for a batch of %d", len(jobs))
                 for job in jobs:
@@ -304,7 +324,14 @@ class InferenceEngine:
         self.metrics.queue_depth.set(len(self._queue))
         return jobs
 
-    # -- the inference thread ----------------------------------------------------------------------
+    def _runs_inline(self, jobs: list[_Job]) -> bool:
+        """Whether this batch runs on the event loop: on a CPU, when its estimated time is short."""
+        if self.device.type != "cpu" or self._seconds_per_pixel <= 0:
+            return False
+        pixels = sum(int(job.pixels.shape[0]) * int(job.pixels.shape[1]) for job in jobs)
+        return pixels * self._seconds_per_pixel <= self.config.inline_max_seconds
+
+    # -- the forward pass (inference thread or, for short CPU batches, the event loop) ---------------
     def _run_jobs(self, jobs: list[_Job]) -> list[Prediction | Overloaded]:
         started = time.perf_counter()
         sizes = [(int(job.pixels.shape[0]), int(job.pixels.shape[1])) for job in jobs]

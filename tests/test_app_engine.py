@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,12 +29,28 @@ def make_engine(**config: object) -> InferenceEngine:
     )
 
 
-@pytest.fixture
-async def engine() -> AsyncIterator[InferenceEngine]:
+@pytest.fixture(params=["inference-thread", "event-loop"])
+async def engine(request: pytest.FixtureRequest) -> AsyncIterator[InferenceEngine]:
+    """A started engine; warmed up, it runs short CPU batches on the event loop, else in its thread."""
     engine = make_engine(max_batch_size=16, max_batch_delay_ms=20.0)
+    if request.param == "event-loop":
+        await engine.warm_up(channels=1, image_size=60, max_batch_size=16)
     engine.start()
     yield engine
     await engine.stop()
+
+
+def record_forward_threads(engine: InferenceEngine) -> list[str]:
+    """The names of the threads that run each of the engine's forward passes from now on."""
+    threads: list[str] = []
+    forward_batch = engine.forward_batch
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return forward_batch(*args)
+
+    engine.forward_batch = recording  # type: ignore[method-assign,assignment]
+    return threads
 
 
 def test_plan_groups_keeps_sizes_together_and_splits_wasteful_padding() -> None:
@@ -164,3 +182,57 @@ async def test_attention_map_kind_returns_the_raw_attention(engine: InferenceEng
     assert prediction.grid is not None
     assert prediction.target == prediction.indices[0]
     assert float(prediction.grid.sum()) == pytest.approx(1.0, abs=1e-4)  # attention sums to one
+
+
+async def test_short_cpu_batches_run_on_the_event_loop_and_long_ones_in_the_inference_thread() -> None:
+    engine = make_engine(max_batch_size=16)
+    await engine.warm_up(channels=1, image_size=60, max_batch_size=16)  # measures the cost per pixel
+    engine.start()
+    threads = record_forward_threads(engine)
+    deadline = time.perf_counter() + 60
+    await engine.predict(random_images([(60, 60)] * 4), 1, None, deadline)
+    # 2.4 million pixels: about 0.2-0.7 s on a 2-core VM, far over the 20 ms an inline pass may take.
+    await engine.predict(random_images([(1536, 1536)]), 1, None, deadline)
+    await engine.stop()
+    assert threads == [threading.current_thread().name, "glimpse-inference_0"]
+
+
+async def test_inline_passes_can_be_turned_off_and_need_the_warm_up_s_estimate() -> None:
+    for engine, warm in ((make_engine(inline_max_seconds=0.0), True), (make_engine(), False)):
+        if warm:
+            await engine.warm_up(channels=1, image_size=60, max_batch_size=32)
+        engine.start()
+        threads = record_forward_threads(engine)
+        await engine.predict(random_images([(60, 60)]), 1, None, time.perf_counter() + 30)
+        await engine.stop()
+        assert threads == ["glimpse-inference_0"]
+
+
+async def test_after_an_inline_batch_the_next_waits_for_as_many_images_but_no_longer_than_the_delay() -> None:
+    engine = make_engine(max_batch_size=16, max_batch_delay_ms=400.0)
+    await engine.warm_up(channels=1, image_size=60, max_batch_size=16)
+    engine.start()
+    deadline = time.perf_counter() + 60
+
+    def batches() -> float:
+        return engine.metrics.registry.get_sample_value("glimpse_batch_size_count") or 0.0
+
+    async def timed(count: int) -> float:
+        started = time.perf_counter()
+        await engine.predict(random_images([(60, 60)] * count), 1, None, deadline)
+        return time.perf_counter() - started
+
+    # A lone request is not held back: nothing ran before it, and then a batch of one.
+    assert await timed(1) < 0.3
+    assert await timed(1) < 0.3
+    await engine.predict(random_images([(60, 60)] * 3), 1, None, deadline)  # an inline batch of 3
+    before = batches()
+    first = asyncio.create_task(timed(1))
+    await asyncio.sleep(0.1)  # the first waits for two more, which arrive 0.1 s later
+    await asyncio.gather(first, engine.predict(random_images([(60, 60)] * 2), 1, None, deadline))
+    assert batches() == before + 1
+    assert first.result() >= 0.1
+    # Of the three it now expects, only one comes: it goes when the 0.4 s delay is over.
+    lone = await timed(1)
+    await engine.stop()
+    assert 0.4 <= lone < 1.5
