@@ -73,8 +73,9 @@ class Settings(BaseSettings):
         20.0,
         ge=0,
         le=1000,
-        description="On a CPU, forward passes the warm-up's timing puts at most this long run on the event "
-        "loop instead of the inference thread, saving the hand-off; 0 runs every pass in the thread.",
+        description="On a CPU worker with one core to itself (workers ≥ cores), forward passes the "
+        "warm-up's timing puts at most this long run on the event loop instead of the inference thread, "
+        "saving the hand-off; 0 runs every pass in the thread.",
     )
     cudnn_benchmark: bool = Field(
         False,
@@ -115,6 +116,15 @@ class Settings(BaseSettings):
         if self.memory_trim_interval_s is not None:
             return self.memory_trim_interval_s
         return 0.0 if device_type == "cuda" else TRIM_INTERVAL_S
+
+    def inline_forward_max_s(self) -> float:
+        """The engine's budget for forward passes on the event loop; 0 when a worker has several cores.
+
+        A worker that runs its passes inline is one thread: with cores to spare it would leave them
+        idle, where the inference thread overlaps its passes with the loop's decoding (README,
+        Performance: one worker on two cores served less, with a long tail, inline).
+        """
+        return self.inline_forward_max_ms / 1000 if self.cores_per_worker == 1 else 0.0
 
     @property
     def cpu_count(self) -> int:

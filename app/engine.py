@@ -9,10 +9,11 @@ under ``torch.inference_mode`` in one of two places:
   cores): always on a GPU, and on a CPU for batches expected to take longer than
   ``inline_max_seconds``. While it runs, the event loop keeps accepting and decoding, and the next
   batch is already queued when the thread comes back. Images still being decoded are expected.
-* On a CPU, on the event loop itself for the other batches: a small batch's hand-off to the thread
-  and back, with the GIL changing hands, cost more CPU than it saved (README, Performance). Nothing
-  arrives during an inline pass, so the clients it answers send their next requests just after it:
-  the next batch waits for as many images as the inline one had.
+* On a CPU, on the event loop itself for the other batches, when ``inline_max_seconds`` is above 0
+  (the service sets it only for a worker with one core to itself): a small batch's hand-off to the
+  thread and back, with the GIL changing hands, cost more CPU than it saved (README, Performance).
+  Nothing arrives during an inline pass, so the clients it answers send their next requests just
+  after it: the next batch waits for as many images as the inline one had.
 
 Images of different sizes are zero-padded to the batch's largest height and width with their valid
 sizes passed to the model, which masks the padding: the batched answer equals the single-image answer.

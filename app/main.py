@@ -74,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_batch_pixels=settings.max_image_pixels,
         amp_dtype=choose_amp_dtype(settings.amp_dtype, device),
         channels_last=settings.channels_last,
-        inline_max_seconds=settings.inline_forward_max_ms / 1000,
+        inline_max_seconds=settings.inline_forward_max_s(),
     )
     engine = InferenceEngine(model, card.preprocessing, device, engine_config, app.state.metrics)
     warm_size = max(settings.warmup_image_size, card.preprocessing.min_size)

@@ -67,6 +67,17 @@ def test_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(_env_file=None).cores_per_worker == 1
 
 
+def test_inline_forward_passes_only_for_workers_with_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker with cores to spare keeps its passes in the inference thread (README, Performance)."""
+    monkeypatch.setattr(Settings, "cpu_count", property(lambda self: 2))
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    assert Settings(_env_file=None).inline_forward_max_s() == pytest.approx(0.02)
+    assert Settings(_env_file=None, inline_forward_max_ms=5).inline_forward_max_s() == pytest.approx(0.005)
+    assert Settings(_env_file=None, inline_forward_max_ms=0).inline_forward_max_s() == 0.0
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    assert Settings(_env_file=None).inline_forward_max_s() == 0.0
+
+
 def test_cudnn_benchmark_mode_is_off_unless_asked_for() -> None:
     """Benchmark mode times kernels for every new shape on first sight, stalling that batch."""
     previous = torch.backends.cudnn.benchmark
