@@ -16,6 +16,7 @@ from app.engine import EngineConfig, InferenceEngine, MapRequest, plan_groups
 from app.errors import DeadlineExceeded, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
+from models.attention_net import channels_last
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
 pytestmark = pytest.mark.anyio
@@ -116,6 +117,25 @@ async def test_heat_images_of_a_mixed_batch_render_each_image_s_own_map(engine: 
         assert prediction.target == (request.target if request.target is not None else prediction.indices[0])
         if request.kind == "attention":
             assert float(prediction.grid.sum()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_bfloat16_cpu_engine_stores_its_convolutions_in_bfloat16_with_bitwise_the_same_answers() -> None:
+    engine = make_engine(amp_dtype=torch.bfloat16)
+    conv_dtypes = {m.weight.dtype for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert conv_dtypes == {torch.bfloat16}
+    assert engine.model.classifier.weight.dtype == torch.float32  # the evidence maps read it
+    reference = make_engine(amp_dtype=torch.bfloat16)
+    fresh, _ = load_model(DEFAULT_MODEL_DIR)
+    reference.model = channels_last(fresh.fuse_for_inference())  # float32 weights, cast per call
+    images = random_images([(60, 60), (60, 60), (48, 72), (33, 57)], seed=3)
+    maps = [MapRequest("evidence"), MapRequest("attention", target=2), None, MapRequest("evidence", 7)]
+    answers = engine.forward_batch(images, [10] * 4, maps)
+    for got, expected in zip(answers, reference.forward_batch(images, [10] * 4, maps), strict=True):
+        assert (got.indices, got.scores, got.target) == (expected.indices, expected.scores, expected.target)
+        assert (got.grid is None) == (expected.grid is None)
+        if got.grid is not None and expected.grid is not None:
+            assert torch.equal(got.grid, expected.grid)
+            assert np.array_equal(got.heat, expected.heat)  # type: ignore[arg-type]
 
 
 async def test_bfloat16_mixed_size_batch_equals_single_image_runs() -> None:
