@@ -161,8 +161,8 @@ class InferenceEngine:
             # Module.to accepts memory_format at run time; torch's stubs omit it.
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if config.amp_dtype is not None and device.type == "cpu":
-            # Bitwise the same answers; up to 11 % less CPU per pass at batches of 1-8, none to 7 % at
-            # 16-32 (bench/results/20261129-cast-convolutions-cpu.txt). Not measured on a GPU: not done there.
+            # Bitwise the same answers; 7-11 % less CPU per pass at batches of 1-4, from 7 % less to 1 %
+            # more at 8-32 (bench/results/20261129-cast-convolutions-cpu.txt). Not measured on a GPU.
             cast_convolutions(self.model, config.amp_dtype)
 
     # -- lifecycle ---------------------------------------------------------------------------------
