@@ -210,8 +210,9 @@ async def test_short_cpu_batches_run_on_the_event_loop_and_long_ones_in_the_infe
     engine.start()
     threads = record_forward_threads(engine)
     deadline = time.perf_counter() + 60
-    await engine.predict(random_images([(60, 60)] * 4), 1, None, deadline)
-    # 2.4 million pixels: about 0.2-0.7 s on a 2-core VM, far over the 20 ms an inline pass may take.
+    # 3,600 pixels: about 0.5 ms on the 2-core development VM, far under the 20 ms an inline pass may
+    # take; 2.4 million: about 0.2-0.7 s there, far over.
+    await engine.predict(random_images([(60, 60)]), 1, None, deadline)
     await engine.predict(random_images([(1536, 1536)]), 1, None, deadline)
     await engine.stop()
     assert threads == [threading.current_thread().name, "glimpse-inference_0"]
