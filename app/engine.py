@@ -153,7 +153,7 @@ class InferenceEngine:
         self._idle.set()
         self._incoming = 0  # images being decoded by requests that will submit them soon
         self._inline_batch = 0  # images in the last batch if it ran on the event loop, else 0
-        self._seconds_per_pixel = 0.0  # a large batch's forward cost, measured by the warm-up
+        self._inline_max_pixels = 0  # a batch of at most this many pixels runs inline; set by the warm-up
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glimpse-inference")
@@ -200,9 +200,11 @@ class InferenceEngine:
             if batch_size >= max_batch_size:
                 break
             batch_size = min(batch_size * 2, max_batch_size)
-        started = time.perf_counter()  # the largest batch again, its kernels built: the cost estimate
-        self.forward_batch(images, [1] * batch_size, [None] * batch_size)
-        self._seconds_per_pixel = (time.perf_counter() - started) / (batch_size * image_size * image_size)
+        if self.device.type == "cpu" and self.config.inline_max_seconds > 0:
+            started = time.perf_counter()  # the largest batch again, its kernels built: the cost estimate
+            self.forward_batch(images, [1] * batch_size, [None] * batch_size)
+            seconds_per_pixel = (time.perf_counter() - started) / (batch_size * image_size * image_size)
+            self._inline_max_pixels = int(self.config.inline_max_seconds / seconds_per_pixel)
         sizes = [(image_size, image_size), (image_size + 3, image_size + 5)]  # the padded path too
         padded = [torch.zeros(h, w, channels, dtype=torch.uint8) for h, w in sizes]
         self.forward_batch(padded, [1, 1], [None, None])
@@ -291,7 +293,7 @@ class InferenceEngine:
             jobs = self._take_batch()
             if not jobs:
                 continue
-            inline = self._runs_inline(jobs)
+            inline = sum(job.pixels.shape[0] * job.pixels.shape[1] for job in jobs) <= self._inline_max_pixels
             self._inline_batch = len(jobs) if inline else 0
             try:
                 if inline:
@@ -328,13 +330,6 @@ class InferenceEngine:
             jobs.append(job)
         self.metrics.queue_depth.set(len(self._queue))
         return jobs
-
-    def _runs_inline(self, jobs: list[_Job]) -> bool:
-        """Whether this batch runs on the event loop: on a CPU, when its estimated time is short."""
-        if self.device.type != "cpu" or self._seconds_per_pixel <= 0:
-            return False
-        pixels = sum(int(job.pixels.shape[0]) * int(job.pixels.shape[1]) for job in jobs)
-        return pixels * self._seconds_per_pixel <= self.config.inline_max_seconds
 
     # -- the forward pass (inference thread or, for short CPU batches, the event loop) ---------------
     def _run_jobs(self, jobs: list[_Job]) -> list[Prediction | Overloaded]:
