@@ -43,6 +43,7 @@ from app.metrics import Metrics
 from app.runtime import Precision, precision_name
 from models.attention_net import AttentionNet, cast_convolutions, grid_mask, output_size
 from models.checkpoint import Preprocessing
+from models.packing import can_pack, pack_convolutions
 from models.preprocessing import normalize_pixels
 
 logger = logging.getLogger("glimpse.engine")
@@ -160,10 +161,13 @@ class InferenceEngine:
         if config.channels_last:
             # Module.to accepts memory_format at run time; torch's stubs omit it.
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        if config.amp_dtype is not None and device.type == "cpu":
-            # Bitwise the same answers; 7-11 % less CPU per pass at batches of 1-4, from 7 % less to 1 %
-            # more at 8-32 (bench/results/20261129-cast-convolutions-cpu.txt). Not measured on a GPU.
-            cast_convolutions(self.model, config.amp_dtype)
+        if device.type == "cpu":
+            # Bitwise the same answers under bfloat16 and less CPU per pass
+            # (bench/results/20261129-packed-convolutions-cpu.txt). Not measured on a GPU.
+            if can_pack():
+                pack_convolutions(self.model, config.amp_dtype or torch.float32)
+            elif config.amp_dtype is not None:
+                cast_convolutions(self.model, config.amp_dtype)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:

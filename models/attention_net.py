@@ -142,11 +142,12 @@ class ConvBNReLU(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn: nn.Module = nn.BatchNorm2d(out_channels)
+        self.activation: nn.Module = nn.ReLU()  # no parameters: checkpoints are unchanged
         self.stride = stride
         self.residual = residual and stride == 1 and in_channels == out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn(self.conv(x)))
+        out: Tensor = self.activation(self.bn(self.conv(x)))
         return x + out if self.residual else out
 
     @torch.no_grad()

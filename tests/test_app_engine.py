@@ -18,6 +18,7 @@ from app.imaging import render_heatmaps
 from app.metrics import Metrics
 from models.attention_net import channels_last
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
+from models.packing import PackedConv2d, can_pack
 
 pytestmark = pytest.mark.anyio
 
@@ -119,10 +120,12 @@ async def test_heat_images_of_a_mixed_batch_render_each_image_s_own_map(engine: 
             assert float(prediction.grid.sum()) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_a_bfloat16_cpu_engine_stores_its_convolutions_in_bfloat16_with_bitwise_the_same_answers() -> None:
+@pytest.mark.skipif(not can_pack(), reason="this PyTorch build has no oneDNN fused convolution")
+def test_a_bfloat16_cpu_engine_packs_its_convolutions_with_bitwise_the_same_answers() -> None:
     engine = make_engine(amp_dtype=torch.bfloat16)
-    conv_dtypes = {m.weight.dtype for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d)}
-    assert conv_dtypes == {torch.bfloat16}
+    packed = [m for m in engine.model.modules() if isinstance(m, PackedConv2d)]
+    assert {m.dtype for m in packed} == {torch.bfloat16}
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in engine.model.modules())
     assert engine.model.classifier.weight.dtype == torch.float32  # the evidence maps read it
     reference = make_engine(amp_dtype=torch.bfloat16)
     fresh, _ = load_model(DEFAULT_MODEL_DIR)
@@ -136,6 +139,23 @@ def test_a_bfloat16_cpu_engine_stores_its_convolutions_in_bfloat16_with_bitwise_
         if got.grid is not None and expected.grid is not None:
             assert torch.equal(got.grid, expected.grid)
             assert np.array_equal(got.heat, expected.heat)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not can_pack(), reason="this PyTorch build has no oneDNN fused convolution")
+def test_a_float32_cpu_engine_packs_its_convolutions_with_the_same_answers_to_float_tolerance() -> None:
+    engine = make_engine()
+    assert {m.dtype for m in engine.model.modules() if isinstance(m, PackedConv2d)} == {torch.float32}
+    reference = make_engine()
+    fresh, _ = load_model(DEFAULT_MODEL_DIR)
+    reference.model = channels_last(fresh.fuse_for_inference())
+    images = random_images([(60, 60), (100, 100), (48, 72)], seed=5)
+    maps = [MapRequest("evidence"), None, MapRequest("attention")]
+    answers = engine.forward_batch(images, [10] * 3, maps)
+    for got, expected in zip(answers, reference.forward_batch(images, [10] * 3, maps), strict=True):
+        assert got.indices == expected.indices
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)
+        if got.grid is not None and expected.grid is not None:
+            torch.testing.assert_close(got.grid, expected.grid, atol=1e-5, rtol=1e-4)
 
 
 async def test_bfloat16_mixed_size_batch_equals_single_image_runs() -> None:

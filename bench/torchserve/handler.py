@@ -22,6 +22,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from models.attention_net import cast_convolutions, channels_last, upsample_to_input
 from models.checkpoint import load_model
+from models.packing import can_pack, pack_convolutions
 from models.preprocessing import to_model_input
 
 
@@ -35,8 +36,11 @@ class GlimpseHandler(BaseHandler):  # type: ignore[misc]
         self.model = channels_last(self.model.fuse_for_inference())  # as Glimpse serves it
         amp = os.environ.get("GLIMPSE_TS_AMP", "float32")
         self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(amp)
-        if self.amp_dtype is not None and self.device.type == "cpu":
-            cast_convolutions(self.model, self.amp_dtype)  # as Glimpse serves it
+        if self.device.type == "cpu":  # as Glimpse serves it
+            if can_pack():
+                pack_convolutions(self.model, self.amp_dtype or torch.float32)
+            elif self.amp_dtype is not None:
+                cast_convolutions(self.model, self.amp_dtype)
         self.initialized = True
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor]:
