@@ -53,7 +53,8 @@ ENV GLIMPSE_DEVICE=auto
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4)"]
 
-# uvicorn is PID 1, so `docker stop`'s SIGTERM reaches it: it stops accepting connections and lets
-# in-flight requests finish (up to 20 s, inside compose's 30 s stop_grace_period) before exiting.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", \
+# app.serve is PID 1, so `docker stop`'s SIGTERM reaches it: with one worker it is uvicorn itself, with
+# WEB_CONCURRENCY > 1 it passes the signal on to each worker. uvicorn stops accepting connections and
+# lets in-flight requests finish (up to 20 s, inside compose's 30 s stop_grace_period) before exiting.
+CMD ["python", "-m", "app.serve", "--host", "0.0.0.0", "--port", "8000", \
      "--timeout-graceful-shutdown", "20", "--no-server-header"]

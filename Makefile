@@ -16,7 +16,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -e .
 
 serve: setup
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/python -m app.serve --host $(HOST) --port $(PORT)
 
 setup-dev: $(BIN)/python
 	$(BIN)/pip install -e '.[dev]'

@@ -1,0 +1,160 @@
+"""Serve Glimpse: ``python -m app.serve``, uvicorn with one listening socket per worker process.
+
+``uvicorn --workers N`` binds one socket in a supervisor and shares it with every worker. Whichever
+worker wakes first accepts every connection waiting, so a client that opens its connection pool at
+once can land it all on one worker while the others idle: with 2 workers and 16 connections opened
+together by wrk, 3 of 30 trials put all 16 on one worker and 7 of 30 at least 14, each such trial at
+about half the throughput (README, Performance). Here each worker binds a socket of its own with
+``SO_REUSEPORT``, and the kernel spreads new connections over them by a hash of their addresses:
+20 trials split between 8/8 and 12/4.
+
+With one worker (the default, or ``WEB_CONCURRENCY=1``) this is plain ``uvicorn app.main:app``.
+With several, the supervisor passes SIGTERM and SIGINT on to the workers as SIGTERM, which drain as
+uvicorn does (``--timeout-graceful-shutdown``), and starts a worker again that dies while serving
+(the OOM killer, say). A worker that cannot start — a model that fails to load — stops the service
+with uvicorn's startup-failure status, 3. Where the platform has no ``SO_REUSEPORT`` (Windows),
+uvicorn's own workers run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import uvicorn
+
+APP = "app.main:app"
+STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
+logger = logging.getLogger("glimpse.serve")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        help="worker processes (default: WEB_CONCURRENCY, else 1)",
+    )
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--no-access-log", dest="access_log", action="store_false")
+    parser.add_argument("--no-server-header", dest="server_header", action="store_false")
+    parser.add_argument("--timeout-graceful-shutdown", type=int, default=None, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
+
+
+def uvicorn_config(args: argparse.Namespace) -> uvicorn.Config:
+    return uvicorn.Config(
+        APP,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        server_header=args.server_header,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+    )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port that other sockets with ``SO_REUSEPORT`` may bind too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """One worker process: its own socket, one uvicorn server."""
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as exc:
+        logging.getLogger("uvicorn.error").error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+        sys.exit(STARTUP_FAILURE)
+    server = uvicorn.Server(uvicorn_config(args))
+    server.run(sockets=[sock])
+    if not server.started:  # the lifespan failed, e.g. the model did not load
+        sys.exit(STARTUP_FAILURE)
+
+
+class Supervisor:
+    """Starts the workers, passes stop signals on, and replaces a worker that a signal killed."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: list[BaseProcess] = []
+        self.stopping = False
+
+    def start_worker(self) -> BaseProcess:
+        process = self.context.Process(target=run_worker, args=(self.args,), name="glimpse-worker")
+        process.start()
+        return process
+
+    def stop(self, _signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        # Always SIGTERM: after a terminal's Ctrl-C the workers have had SIGINT already, and uvicorn
+        # takes a second SIGINT as "exit now" instead of draining.
+        self.stopping = True
+        for process in self.workers:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        # Each worker takes its share of the cores (Settings.cores_per_worker reads this).
+        os.environ["WEB_CONCURRENCY"] = str(self.args.workers)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.workers = [self.start_worker() for _ in range(self.args.workers)]
+        status = 0
+        while not self.stopping or any(process.is_alive() for process in self.workers):
+            time.sleep(0.2)
+            for i, process in enumerate(self.workers):
+                code = process.exitcode
+                if code is None or self.stopping:
+                    continue
+                if code == STARTUP_FAILURE:  # e.g. the model did not load: the next one would fail too
+                    logger.error("worker %d failed to start; stopping", process.pid)
+                    status = code
+                    self.stop()
+                else:  # killed (the OOM killer, say) or crashed: serve on with a new worker
+                    logger.error("worker %d exited (%d); starting another", process.pid, code)
+                    self.workers[i] = self.start_worker()
+        for process in self.workers:
+            process.join()
+        return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s", level=args.log_level.upper())
+    if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+        return Supervisor(args).run()
+    uvicorn.run(  # exits with STARTUP_FAILURE itself when the app cannot start
+        APP,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        server_header=args.server_header,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
