@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,45 +114,38 @@ def load(
     return runs
 
 
-def serve_glimpse(
-    args: argparse.Namespace, env: dict[str, str], image: Path, port: int, workers: int = 1
-) -> dict[str, Any]:
-    command = [
-        PY,
-        "-m",
-        "uvicorn",
-        "app.main:app",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--workers",
-        str(workers),
-    ]
+@contextmanager
+def glimpse_server(env: dict[str, str], port: int, workers: int = 1) -> Iterator[dict[str, Any]]:
+    """A Glimpse server on ``port``, ready: its command, start-up time and memory; stopped on exit."""
+    # app.serve: with several workers each listens on a socket of its own (SO_REUSEPORT).
+    command = [PY, "-m", "app.serve", "--port", str(port), "--log-level", "warning"]
+    command += ["--workers", str(workers)]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
-        rss = rss_mib(process.pid)
-        runs = load(
-            "glimpse",
-            f"http://127.0.0.1:{port}",
-            {"/predict": "/predict", "/attention-map": "/attention-map"}
-            if "/attention-map" in args.endpoints
-            else {"/predict": "/predict"},
-            args,
-            image,
-        )
-        return {
+        yield {
             "command": " ".join(command),
             "env": env,
             "ready_s": ready_s,
-            "rss_mib_after_ready": rss,
-            "rss_mib_after_load": rss_mib(process.pid),
-            "runs": runs,
+            "rss_mib_after_ready": rss_mib(process.pid),
+            "base": f"http://127.0.0.1:{port}",
+            "paths": {"/predict": "/predict", "/attention-map": "/attention-map"},
+            "pid": process.pid,
         }
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+def serve_glimpse(
+    args: argparse.Namespace, env: dict[str, str], image: Path, port: int, workers: int = 1
+) -> dict[str, Any]:
+    with glimpse_server(env, port, workers) as server:
+        paths = {e: p for e, p in server.pop("paths").items() if e in args.endpoints}
+        base = server.pop("base")
+        runs = load("glimpse", base, paths, args, image)
+        pid = server.pop("pid")
+        return {**server, "rss_mib_after_load": rss_mib(pid), "runs": runs}
 
 
 def serve_naive(args: argparse.Namespace, image: Path, port: int) -> dict[str, Any]:
@@ -170,10 +165,12 @@ def serve_naive(args: argparse.Namespace, image: Path, port: int) -> dict[str, A
         process.wait(30)
 
 
-def serve_torchserve(
-    args: argparse.Namespace, model_dir: Path, image: Path, port: int, variant: dict[str, str]
-) -> dict[str, Any]:
-    """TorchServe with --ts-* settings; ``variant`` (BATCH, DELAY, WORKERS, THREADS, AMP) overrides them."""
+@contextmanager
+def torchserve_server(
+    args: argparse.Namespace, model_dir: Path, port: int, variant: dict[str, str]
+) -> Iterator[dict[str, Any]]:
+    """TorchServe with --ts-* settings, ready; ``variant`` (BATCH, DELAY, WORKERS, THREADS, AMP)
+    overrides them. Uses ports ``port`` to ``port + 2``; one at a time: TorchServe keeps one PID file."""
     workers = int(variant.get("WORKERS", args.ts_workers))
     batch = int(variant.get("BATCH", args.ts_batch))
     delay_ms = int(variant.get("DELAY", args.ts_delay_ms))
@@ -252,9 +249,6 @@ def serve_torchserve(
         else:
             raise RuntimeError("TorchServe workers not ready in 120 s; see bench/results/tmp/torchserve/logs")
         ready_s = time.perf_counter() - started
-        paths = {"/predict": "/predictions/glimpse"}
-        if "/attention-map" in args.endpoints:
-            paths["/attention-map"] = "/explanations/glimpse"
         config_text = {
             "workers": workers,
             "batch_size": batch,
@@ -262,16 +256,26 @@ def serve_torchserve(
             "torch_threads_per_worker": threads,
             "amp": amp,
         }
-        return {
+        yield {
             "command": " ".join(command),
             "config": config_text,
             "ready_s": ready_s,
             "rss_mib_after_ready": rss_mib(process.pid),
-            "runs": load("torchserve", base, paths, args, image),
+            "base": base,
+            "paths": {"/predict": "/predictions/glimpse", "/attention-map": "/explanations/glimpse"},
         }
     finally:
         subprocess.run([str(bin_dir / "torchserve"), "--stop"], env=env, capture_output=True)
         process.wait(60)
+
+
+def serve_torchserve(
+    args: argparse.Namespace, model_dir: Path, image: Path, port: int, variant: dict[str, str]
+) -> dict[str, Any]:
+    with torchserve_server(args, model_dir, port, variant) as server:
+        paths = {e: p for e, p in server.pop("paths").items() if e in args.endpoints}
+        base = server.pop("base")
+        return {**server, "runs": load("torchserve", base, paths, args, image)}
 
 
 def in_process(args: argparse.Namespace, model_dir: Path, image: Path, batch: int) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One command for the CPU benchmark: bash bench/run.sh [bench.run arguments]
+# Glimpse against TorchServe in alternating rounds: bash bench/run.sh head-to-head [arguments]
 # Needs wrk (Debian: apt-get install wrk), the project venv with the bench extra
 # (.venv/bin/pip install -e '.[bench]'), and TorchServe in its own venv, made here on first use.
 set -euo pipefail
@@ -8,5 +9,9 @@ command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; e
 if [[ ! -x bench/.venv-ts/bin/torchserve ]]; then
   python3 -m venv bench/.venv-ts
   bench/.venv-ts/bin/pip install -q -r bench/requirements-torchserve.txt
+fi
+if [[ "${1:-}" == head-to-head ]]; then
+  shift
+  exec .venv/bin/python -m bench.head_to_head "$@"
 fi
 exec .venv/bin/python -m bench.run "$@"
