@@ -42,7 +42,8 @@ def engine_with(convolutions: str) -> InferenceEngine:
     elif convolutions == "bfloat16":
         engine.model = cast_convolutions(fresh, torch.bfloat16)
     else:
-        engine.model = pack_convolutions(fresh, torch.bfloat16)
+        pack_convolutions(fresh, torch.bfloat16)
+        engine.model = fresh
     return engine
 
 

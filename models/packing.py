@@ -92,16 +92,26 @@ class PackedConv2d(nn.Module):
         return f"stride={tuple(self.stride)}, dtype={self.dtype}, fused={self.attribute}"
 
 
-def pack_convolutions(model: AttentionNet, dtype: torch.dtype) -> AttentionNet:
-    """Replace the convolutions of a fused, CPU-resident model with packed ones; returns it, changed.
+def pack_convolutions(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Replace the convolutions of every fused :class:`AttentionNet` in ``model`` (itself, or one it
+    wraps) with packed ones; returns ``model``, changed in place.
 
     Args:
-        model: A model after :meth:`AttentionNet.fuse_for_inference`.
+        model: A CPU-resident model after :meth:`AttentionNet.fuse_for_inference`.
         dtype: float32 to run without autocast, or the dtype of the CPU autocast it will run under:
             the convolutions' outputs have this dtype.
     """
     if not can_pack():
         raise RuntimeError("this PyTorch build has no oneDNN fused convolution kernel")
+    networks = [module for module in model.modules() if isinstance(module, AttentionNet)]
+    if not networks:
+        raise ValueError(f"no AttentionNet in {type(model).__name__}")
+    for network in networks:
+        _pack_network(network, dtype)
+    return model
+
+
+def _pack_network(model: AttentionNet, dtype: torch.dtype) -> None:
     for layer in model.backbone:
         assert isinstance(layer, ConvBNReLU)
         if not isinstance(layer.bn, nn.Identity) or not isinstance(layer.conv, nn.Conv2d):
@@ -118,4 +128,3 @@ def pack_convolutions(model: AttentionNet, dtype: torch.dtype) -> AttentionNet:
         elif not (isinstance(module, nn.ReLU) and i > 0 and isinstance(modules[i - 1], nn.Conv2d)):
             head.append(module)
     model.attention_head = nn.Sequential(*head)
-    return model

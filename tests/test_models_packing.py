@@ -87,3 +87,12 @@ def test_weights_are_packed_once_per_input_shape_and_the_least_recent_shape_is_d
     # (1, 20, 20) was used again after (4, 20, 20), so the third shape evicted (4, 20, 20) and the
     # last call packed it anew, evicting (1, 20, 20).
     assert list(packed.packed) == [(2, 8, 33, 17), (4, 8, 20, 20)]
+
+
+def test_a_wrapped_network_is_packed_and_a_model_without_one_is_refused() -> None:
+    _, network = fused_pair()
+    wrapper = nn.Sequential(network)
+    assert pack_convolutions(wrapper, torch.bfloat16) is wrapper
+    assert any(isinstance(m, PackedConv2d) for m in network.modules())
+    with pytest.raises(ValueError, match="no AttentionNet in Linear"):
+        pack_convolutions(nn.Linear(2, 2), torch.bfloat16)
