@@ -92,7 +92,7 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 class Supervisor:
-    """Starts the workers, passes stop signals on, and replaces a worker that a signal killed."""
+    """Starts the workers, passes stop signals on, and replaces a worker that dies while serving."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args

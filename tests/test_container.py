@@ -59,4 +59,4 @@ def test_image_runs_unprivileged_with_healthcheck(container_run: subprocess.Comp
     assert "PYTHONUNBUFFERED=1" in config["Env"]
     assert "GLIMPSE_DEVICE=auto" in config["Env"]
     assert any("/health/ready" in part for part in config["Healthcheck"]["Test"])
-    assert config["Cmd"][:2] == ["uvicorn", "app.main:app"]
+    assert config["Cmd"][:3] == ["python", "-m", "app.serve"]
