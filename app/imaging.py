@@ -84,7 +84,10 @@ def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
         ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the image declares too many pixels (limit {max_pixels})") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:
+        # Pillow's parsers raise more than OSError and ValueError on crafted files: a TIFF whose strip
+        # offsets are a fraction gives TypeError, others struct.error or IndexError. Each is the
+        # client's broken file (422), never the server's error (500).
         raise InvalidImage(f"the image could not be read: {exc}") from exc
     width, height = image.size
     if width * height > max_pixels:
@@ -107,7 +110,7 @@ def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = Fals
         image = ImageOps.exif_transpose(image) or image
         pixels = to_pixels(image, spec)
         rgb = np.asarray(to_8bit(image).convert("RGB"), dtype=np.uint8) if keep_rgb else None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # any failure on the client's bytes, as in open_image
         raise InvalidImage(f"the image could not be decoded: {exc}") from exc
     height, width = pixels.shape[:2]
     return DecodedImage(pixels, int(width), int(height), rgb)

@@ -126,6 +126,32 @@ def test_bad_inputs_raise_domain_errors(data: bytes, error: type[Exception]) -> 
         decode(data)
 
 
+def tiff_with_fractional_strip_offsets() -> bytes:
+    """A valid 16×16 TIFF whose StripOffsets tag is retyped RATIONAL: Pillow's load() raises TypeError.
+
+    Hypothesis found this kind of file in a CI run of tests/test_hardening_fuzz.py.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(gradient(16, 16)).save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    assert data[:2] == b"II"
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, ifd)
+    for entry in range(entries):
+        offset = ifd + 2 + 12 * entry
+        if struct.unpack_from("<H", data, offset)[0] == 273:  # StripOffsets
+            struct.pack_into("<H", data, offset + 2, 5)  # type RATIONAL
+    return bytes(data)
+
+
+def test_a_file_that_makes_pillow_raise_type_error_is_an_invalid_image() -> None:
+    data = tiff_with_fractional_strip_offsets()
+    with pytest.raises(TypeError):
+        Image.open(io.BytesIO(data)).load()  # Pillow itself; the decoder must not pass this on
+    with pytest.raises(InvalidImage, match="could not be decoded"):
+        decode(data)
+
+
 def test_keep_rgb_gives_the_input_as_rgb_uint8() -> None:
     decoded = decode(png_bytes(Image.fromarray(gradient())), keep_rgb=True)
     assert decoded.rgb is not None

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import E2E_API_KEY, b64, png_bytes
 from PIL import Image
+from test_app_imaging import tiff_with_fractional_strip_offsets
 
 from models.data import CanvasSet
 
@@ -87,6 +88,7 @@ def image_corpus() -> dict[str, tuple[bytes, int, str | None]]:
         "truncated png": (save(gray, "PNG")[:100], 400, "invalid_image"),
         "truncated jpeg": (jpeg[:200], 400, "invalid_image"),
         "lab tiff": (save(gray.convert("RGB").convert("LAB"), "TIFF"), 400, "invalid_image"),
+        "tiff with fractional strip offsets": (tiff_with_fractional_strip_offsets(), 400, "invalid_image"),
         # sizes
         "1x1": (save(Image.new("L", (1, 1)), "PNG"), 400, "image_too_small"),
         "1x5000": (save(Image.new("L", (1, 5000)), "PNG"), 400, "image_too_small"),
@@ -304,6 +306,6 @@ def test_unknown_paths_methods_and_missing_keys(http: httpx.Client, server: str)
 
 def test_corpus_size() -> None:
     """The README quotes these counts."""
-    assert len(IMAGES) == 38
+    assert len(IMAGES) == 39
     assert len(request_corpus(png_bytes(np.zeros((16, 16), dtype=np.uint8)))) == 37
     assert len(ATTENTION_PARAMS) == 8
