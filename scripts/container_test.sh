@@ -168,17 +168,20 @@ export GLIMPSE_PORT
 # 1. The model baked into the image.
 up_and_check --model-version "$(sed -n 's/^  "version": "\(.*\)",$/\1/p' models/default/card.json)"
 
-# 2. A user's model from a read-only bind mount (a copy of the default with its own version), then a
-#    graceful stop with a request in flight.
+# 2. A user's model from a read-only bind mount (a copy of the default with its own version), served by
+#    two workers (app.serve as PID 1 passes SIGTERM on to both), then a graceful stop with a request in
+#    flight.
 mkdir -p "$workdir/user-model"
 cp models/default/model.safetensors "$workdir/user-model/"
 sed 's/^  "version": ".*",$/  "version": "0.0.0-user",/' models/default/card.json >"$workdir/user-model/card.json"
 chmod -R a+rX "$workdir/user-model"
-export GLIMPSE_MODEL_HOST_DIR="$workdir/user-model" GLIMPSE_MODEL_DIR=/models/user
+export GLIMPSE_MODEL_HOST_DIR="$workdir/user-model" GLIMPSE_MODEL_DIR=/models/user WEB_CONCURRENCY=2
 up_and_check --model-version 0.0.0-user --stop-command "${compose[*]} stop --timeout 30 glimpse"
 container="$("${compose[@]}" ps -q glimpse)"
 log "service log tail:"
-"${compose[@]}" logs --no-color --tail 6 glimpse >&2
+"${compose[@]}" logs --no-color --tail 8 glimpse >&2
+ready_lines="$("${compose[@]}" logs --no-color glimpse | grep -c 'glimpse: ready in' || true)"
+[[ "$ready_lines" == 2 ]] || { log "expected 2 workers to start, saw $ready_lines"; exit 1; }
 exit_code="$(docker inspect --format '{{.State.ExitCode}}' "$container")"
 [[ "$exit_code" == 0 ]] || { log "container exited with $exit_code after SIGTERM"; exit 1; }
 log "container stopped cleanly (exit code 0)"
