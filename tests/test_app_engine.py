@@ -141,6 +141,18 @@ def test_a_bfloat16_cpu_engine_packs_its_convolutions_with_bitwise_the_same_answ
             assert np.array_equal(got.heat, expected.heat)  # type: ignore[arg-type]
 
 
+def test_without_onednn_a_bfloat16_cpu_engine_stores_its_convolutions_in_bfloat16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("app.engine.can_pack", lambda: False)
+    engine = make_engine(amp_dtype=torch.bfloat16)
+    assert not any(isinstance(m, PackedConv2d) for m in engine.model.modules())
+    conv_dtypes = {m.weight.dtype for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert conv_dtypes == {torch.bfloat16}
+    (answer,) = engine.forward_batch(random_images([(60, 60)], seed=7), [3], [None])
+    assert len(answer.indices) == 3
+
+
 @pytest.mark.skipif(not can_pack(), reason="this PyTorch build has no oneDNN fused convolution")
 def test_a_float32_cpu_engine_packs_its_convolutions_with_the_same_answers_to_float_tolerance() -> None:
     engine = make_engine()
