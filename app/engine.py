@@ -41,9 +41,9 @@ from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
 from app.runtime import Precision, precision_name
-from models.attention_net import AttentionNet, cast_convolutions, grid_mask, output_size
+from models.attention_net import AttentionNet, grid_mask, output_size
 from models.checkpoint import Preprocessing
-from models.packing import can_pack, pack_convolutions
+from models.packing import prepare_cpu_convolutions
 from models.preprocessing import normalize_pixels
 
 logger = logging.getLogger("glimpse.engine")
@@ -164,10 +164,7 @@ class InferenceEngine:
         if device.type == "cpu":
             # Bitwise the same answers under bfloat16 and less CPU per pass
             # (bench/results/20261129-packed-convolutions-cpu.txt). Not measured on a GPU.
-            if can_pack():
-                pack_convolutions(self.model, config.amp_dtype or torch.float32)
-            elif config.amp_dtype is not None:
-                cast_convolutions(self.model, config.amp_dtype)
+            prepare_cpu_convolutions(self.model, config.amp_dtype)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:

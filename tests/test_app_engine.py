@@ -144,7 +144,7 @@ def test_a_bfloat16_cpu_engine_packs_its_convolutions_with_bitwise_the_same_answ
 def test_without_onednn_a_bfloat16_cpu_engine_stores_its_convolutions_in_bfloat16(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("app.engine.can_pack", lambda: False)
+    monkeypatch.setattr("models.packing.can_pack", lambda: False)
     engine = make_engine(amp_dtype=torch.bfloat16)
     assert not any(isinstance(m, PackedConv2d) for m in engine.model.modules())
     conv_dtypes = {m.weight.dtype for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d)}

@@ -4,7 +4,7 @@
 Glimpse's /attention-map: a base64 grayscale PNG of the input's size, from the same forward pass.
 Images of one size are stacked into one forward pass per TorchServe batch (the benchmark sends one size),
 channels-last like Glimpse's; GLIMPSE_TS_AMP=bfloat16 runs it under autocast, as GLIMPSE_AMP_DTYPE does
-(on a CPU with the convolutions stored in bfloat16, as Glimpse's engine does).
+(on a CPU with the convolutions packed for oneDNN, as Glimpse's engine does).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from models.attention_net import cast_convolutions, channels_last, upsample_to_input
+from models.attention_net import channels_last, upsample_to_input
 from models.checkpoint import load_model
-from models.packing import can_pack, pack_convolutions
+from models.packing import prepare_cpu_convolutions
 from models.preprocessing import to_model_input
 
 
@@ -36,11 +36,8 @@ class GlimpseHandler(BaseHandler):  # type: ignore[misc]
         self.model = channels_last(self.model.fuse_for_inference())  # as Glimpse serves it
         amp = os.environ.get("GLIMPSE_TS_AMP", "float32")
         self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(amp)
-        if self.device.type == "cpu":  # as Glimpse serves it
-            if can_pack():
-                pack_convolutions(self.model, self.amp_dtype or torch.float32)
-            elif self.amp_dtype is not None:
-                cast_convolutions(self.model, self.amp_dtype)
+        if self.device.type == "cpu":
+            prepare_cpu_convolutions(self.model, self.amp_dtype)  # as Glimpse serves it
         self.initialized = True
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[torch.Tensor]:
