@@ -2,11 +2,9 @@
 
 ``uvicorn --workers N`` binds one socket in a supervisor and shares it with every worker. Whichever
 worker wakes first accepts every connection waiting, so a client that opens its connection pool at
-once can land it all on one worker while the others idle: with 2 workers and 16 connections opened
-together by wrk, 3 of 30 trials put all 16 on one worker and 7 of 30 at least 14, each such trial at
-about half the throughput (README, Performance). Here each worker binds a socket of its own with
-``SO_REUSEPORT``, and the kernel spreads new connections over them by a hash of their addresses:
-20 trials split between 8/8 and 12/4.
+once can land it all on one worker while the others idle, at about half the throughput. Here each
+worker binds a socket of its own with ``SO_REUSEPORT``, and the kernel spreads new connections over
+them by a hash of their addresses (README, Performance, has the measured splits).
 
 With one worker (the default, or ``WEB_CONCURRENCY=1``) this is plain ``uvicorn app.main:app``.
 With several, the supervisor passes SIGTERM and SIGINT on to the workers as SIGTERM, which drain as
@@ -28,6 +26,7 @@ import sys
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -56,16 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def uvicorn_config(args: argparse.Namespace) -> uvicorn.Config:
-    return uvicorn.Config(
-        APP,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        server_header=args.server_header,
-        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
-    )
+def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's settings from the command line, but the worker count."""
+    return {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "server_header": args.server_header,
+        "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
+    }
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -85,7 +84,7 @@ def run_worker(args: argparse.Namespace) -> None:
     except OSError as exc:
         logging.getLogger("uvicorn.error").error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         sys.exit(STARTUP_FAILURE)
-    server = uvicorn.Server(uvicorn_config(args))
+    server = uvicorn.Server(uvicorn.Config(APP, **uvicorn_options(args)))
     server.run(sockets=[sock])
     if not server.started:  # the lifespan failed, e.g. the model did not load
         sys.exit(STARTUP_FAILURE)
@@ -143,16 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s", level=args.log_level.upper())
     if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
         return Supervisor(args).run()
-    uvicorn.run(  # exits with STARTUP_FAILURE itself when the app cannot start
-        APP,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        server_header=args.server_header,
-        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
-    )
+    # uvicorn.run exits with STARTUP_FAILURE itself when the app cannot start.
+    uvicorn.run(APP, workers=args.workers, **uvicorn_options(args))
     return 0
 
 
