@@ -15,9 +15,7 @@ Writes bench/results/<stamp>-<host>-head-to-head.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -26,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.connections import connections_by_worker
-from bench.run import BENCH, glimpse_server, machine, torchserve_server, wrk
+from bench.run import (
+    BENCH,
+    TS_BATCH,
+    TS_DELAY_MS,
+    TS_THREADS,
+    glimpse_server,
+    machine,
+    torchserve_server,
+    write_result,
+    wrk,
+)
 
 GLIMPSE_PORT = 8400
 
@@ -53,7 +61,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
     # torchserve_server reads bench.run's TorchServe defaults from the namespace it is given.
-    args.ts_workers, args.ts_batch, args.ts_delay_ms, args.ts_threads = len(os.sched_getaffinity(0)), 16, 5, 1
+    args.ts_workers, args.ts_batch, args.ts_delay_ms = len(os.sched_getaffinity(0)), TS_BATCH, TS_DELAY_MS
+    args.ts_threads = TS_THREADS
     image = BENCH / "canvas60.png"
     from models.checkpoint import DEFAULT_MODEL_DIR
 
@@ -103,10 +112,7 @@ def main() -> None:
     result["median_p99_ratio"] = statistics.median(r["p99_ratio"] for r in result["rounds"])
     medians = f"{result['median_ratio']:.2f}x, p99 {result['median_p99_ratio']:.2f}"
     print(f"median over {args.rounds} rounds: {medians}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-head-to-head.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+    write_result(args.out, "head-to-head", result)
 
 
 if __name__ == "__main__":

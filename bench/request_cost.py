@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from bench.run import BENCH, ROOT, wait_ready, wrk
+from bench.run import BENCH, ROOT, wait_ready, write_result, wrk
 
 STUBS = ("trivial", "parse", "decode", "handoff")
 VARIANTS = (*STUBS, "glimpse-tiny", "glimpse")
@@ -152,10 +150,7 @@ def main() -> None:
                     f"{figure['cpu_us_per_request']:7.0f} µs of CPU per request",
                     flush=True,
                 )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}-request-cost-cpu.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+    write_result(args.out, "request-cost-cpu", result)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PY = sys.executable
 TS_VENV = Path(os.environ.get("GLIMPSE_TS_VENV", BENCH / ".venv-ts"))
+# TorchServe's settings unless a variant gives its own: batch size, max batch delay, torch threads.
+TS_BATCH, TS_DELAY_MS, TS_THREADS = 16, 5, 1
+
+
+def write_result(out: Path, name: str, result: dict[str, Any]) -> Path:
+    """``result`` as out/<stamp>-<host>-<name>.json; returns the path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{name}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}", flush=True)
+    return path
 
 
 def wrk(url: str, connections: int, seconds: int, threads: int, image: Path) -> dict[str, Any]:
@@ -369,9 +380,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for Glimpse")
     parser.add_argument("--glimpse-env", nargs="*", default=[], help="extra GLIMPSE_*=value settings")
     parser.add_argument("--ts-workers", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--ts-batch", type=int, default=16)
-    parser.add_argument("--ts-delay-ms", type=int, default=5)
-    parser.add_argument("--ts-threads", type=int, default=1)
+    parser.add_argument("--ts-batch", type=int, default=TS_BATCH)
+    parser.add_argument("--ts-delay-ms", type=int, default=TS_DELAY_MS)
+    parser.add_argument("--ts-threads", type=int, default=TS_THREADS)
     parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument(
         "--large",
