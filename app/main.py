@@ -146,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = None
     app.state.ready = False
     app.state.draining = False
+    app.state.worker_group = None  # python -m app.serve sets it when it runs several workers
     app.state.startup_failed = False
     install_error_handlers(app)
     install_docs(app)

@@ -7,7 +7,8 @@ worker binds a socket of its own with ``SO_REUSEPORT``, and the kernel spreads n
 them by a hash of their addresses (README, Performance, has the measured splits).
 
 With one worker (the default, or ``WEB_CONCURRENCY=1``) this is plain ``uvicorn app.main:app``.
-With several, the supervisor passes SIGTERM and SIGINT on to the workers as SIGTERM, which drain as
+With several, ``/health/ready`` waits until every worker listens (:class:`app.lifecycle.WorkerGroup`),
+and the supervisor passes SIGTERM and SIGINT on to the workers as SIGTERM, which drain as
 uvicorn does (``--timeout-graceful-shutdown``), and starts a worker again that dies while serving
 (the OOM killer, say). A worker that cannot start — a model that fails to load — stops the service
 with uvicorn's startup-failure status, 3. Where the platform has no ``SO_REUSEPORT`` (Windows),
@@ -29,6 +30,8 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+
+from app.lifecycle import WorkerGroup
 
 APP = "app.main:app"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
@@ -77,14 +80,30 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_worker(args: argparse.Namespace) -> None:
+class GroupServer(uvicorn.Server):
+    """A uvicorn server that counts itself in its :class:`WorkerGroup` once it listens."""
+
+    def __init__(self, config: uvicorn.Config, group: WorkerGroup) -> None:
+        super().__init__(config)
+        self.group = group
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # the lifespan succeeded and the socket listens
+            self.group.mark_listening()
+
+
+def run_worker(args: argparse.Namespace, group: WorkerGroup) -> None:
     """One worker process: its own socket, one uvicorn server."""
     try:
         sock = listening_socket(args.host, args.port)
     except OSError as exc:
         logging.getLogger("uvicorn.error").error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         sys.exit(STARTUP_FAILURE)
-    server = uvicorn.Server(uvicorn.Config(APP, **uvicorn_options(args)))
+    from app.main import app  # here, not at the top: the supervisor itself never loads torch
+
+    app.state.worker_group = group
+    server = GroupServer(uvicorn.Config(app, **uvicorn_options(args)), group)
     server.run(sockets=[sock])
     if not server.started:  # the lifespan failed, e.g. the model did not load
         sys.exit(STARTUP_FAILURE)
@@ -96,11 +115,12 @@ class Supervisor:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.context = multiprocessing.get_context("spawn")
+        self.group = WorkerGroup(args.workers, self.context)
         self.workers: list[BaseProcess] = []
         self.stopping = False
 
     def start_worker(self) -> BaseProcess:
-        process = self.context.Process(target=run_worker, args=(self.args,), name="glimpse-worker")
+        process = self.context.Process(target=run_worker, args=(self.args, self.group), name="glimpse-worker")
         process.start()
         return process
 

@@ -50,7 +50,7 @@ def main() -> None:
         trials = []
         try:
             wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
-            time.sleep(SETTLE_S)  # ready is the first worker; the second may still be loading
+            time.sleep(SETTLE_S)  # as in the committed result, run before readiness waited for every worker
             for _ in range(args.trials):
                 split: list[int] = []
                 sample = threading.Timer(1, record_split, args=(process.pid, port, split))

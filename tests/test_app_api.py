@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from conftest import b64, decode_png, png_bytes, started_client
 import app.engine as engine_module
 import app.predictor as predictor_module
 from app.config import Settings
+from app.lifecycle import WorkerGroup
 from app.main import create_app
 from app.runtime import cpu_has_amx_bf16
 from app.schemas import AttentionMapResponsePublic, ModelInfoPublic, PredictResponsePublic
@@ -230,6 +232,25 @@ async def test_health_transitions_through_the_lifespan(settings: Settings) -> No
     assert (during.status_code, during.json()) == (200, {"status": "ready"})
     assert after.status_code == 503
     assert (live.status_code, live.json()) == (200, {"status": "alive"})
+
+
+async def test_ready_waits_for_every_worker_of_the_group(settings: Settings) -> None:
+    app = create_app(settings)
+    group = WorkerGroup(2, multiprocessing.get_context("spawn"))
+    app.state.worker_group = group
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+        app.router.lifespan_context(app),
+    ):
+        group.mark_listening()
+        one = await http.get("/health/ready")
+        served = await http.post("/predict", json={"image": b64(png_bytes(NOISE))})
+        group.mark_listening()
+        both = await http.get("/health/ready")
+    assert (one.status_code, one.headers["Retry-After"]) == (503, "1")
+    assert one.json() == {"error": {"code": "not_ready", "message": "1 of 2 workers are ready"}}
+    assert served.status_code == 200  # a worker that is up serves; only the probe waits for the rest
+    assert (both.status_code, both.json()) == (200, {"status": "ready"})
 
 
 async def test_models_describes_the_card(client: httpx.AsyncClient) -> None:

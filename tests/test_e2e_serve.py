@@ -102,6 +102,17 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_takes_some_of_a_burst_of
         assert all(count >= 1 for count in held.values()), held
 
 
+def test_ready_only_once_every_worker_listens() -> None:
+    # A connection pool opened at the first "ready" lands wherever sockets are listening then, and
+    # keep-alive keeps it there; before this check, a benchmark found all 16 on one worker.
+    with supervisor(workers=3) as (process, port):
+        deadline = time.monotonic() + 60
+        while not ready(port):
+            assert time.monotonic() < deadline, "not ready within 60 s"
+            time.sleep(0.005)
+        assert len(listening_workers(process.pid, port)) == 3
+
+
 def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all(canvas_png: Callable[[int], bytes]) -> None:
     with supervisor(workers=2) as (process, port):
         wait_for(lambda: len(listening_workers(process.pid, port)) == 2, 60, "two listening workers")

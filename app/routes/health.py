@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.errors import ModelNotReady
+from app.lifecycle import WorkerGroup
 from app.routes.common import error_responses
 from app.schemas import HealthPublic
 
@@ -19,7 +20,12 @@ async def live() -> dict[str, str]:
 
 @router.get("/ready", response_model=HealthPublic, responses=error_responses(503))
 async def ready(request: Request) -> dict[str, str]:
-    """200 once the model is loaded and warm; 503 before that and while shutting down."""
-    if not request.app.state.ready or request.app.state.draining:
+    """200 once the model is loaded and warm in every worker; 503 before that and while shutting down."""
+    state = request.app.state
+    if not state.ready or state.draining:
         raise ModelNotReady("the model is not ready", headers={"Retry-After": "1"})
+    group: WorkerGroup | None = state.worker_group
+    if group is not None and not group.all_listening():
+        message = f"{group.listening} of {group.size} workers are ready"
+        raise ModelNotReady(message, headers={"Retry-After": "1"})
     return {"status": "ready"}
