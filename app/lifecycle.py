@@ -3,8 +3,6 @@
 * A model that cannot be served (missing, truncated or tampered files, a card that does not fit the
   weights, no CUDA when it was required) stops start-up with ONE clear log line and a non-zero exit;
   :class:`QuietStartupFailure` keeps uvicorn from printing the traceback after it.
-* Several workers (``python -m app.serve``): ``/health/ready`` answers 200 only once every worker
-  listens (:class:`WorkerGroup`).
 * SIGTERM: ``/health/ready`` turns 503 at once, the server keeps serving for ``GLIMPSE_SHUTDOWN_DRAIN_S``
   (so load balancers stop sending), then uvicorn's graceful shutdown lets in-flight requests finish and
   the process exits 0.
@@ -20,7 +18,6 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from multiprocessing.context import SpawnContext
 from types import FrameType
 from typing import Any
 
@@ -61,32 +58,6 @@ class QuietStartupFailure:
             await send(message)
 
         await self.app(scope, receive, quiet_send)
-
-
-class WorkerGroup:
-    """How many of the supervisor's workers have started listening, counted across the processes.
-
-    Any worker may answer ``/health/ready``, and the first one up would say "ready" while the others
-    still load the model. A client that opens its connection pool then puts every connection on that
-    one worker, and keep-alive keeps them there (a benchmark saw 16 of 16). So readiness waits for the
-    count to reach the group's size. It only grows: a worker started again later, after one died, does
-    not take the whole service out of rotation while it loads.
-    """
-
-    def __init__(self, size: int, context: SpawnContext) -> None:
-        self.size = size
-        self._listening = context.Value("i", 0)
-
-    def mark_listening(self) -> None:
-        with self._listening.get_lock():
-            self._listening.value += 1
-
-    @property
-    def listening(self) -> int:
-        return int(self._listening.value)
-
-    def all_listening(self) -> bool:
-        return self.listening >= self.size
 
 
 def drain_on_sigterm(app: FastAPI, drain_s: float) -> Callable[[], None]:

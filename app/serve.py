@@ -7,7 +7,7 @@ worker binds a socket of its own with ``SO_REUSEPORT``, and the kernel spreads n
 them by a hash of their addresses (README, Performance, has the measured splits).
 
 With one worker (the default, or ``WEB_CONCURRENCY=1``) this is plain ``uvicorn app.main:app``.
-With several, ``/health/ready`` waits until every worker listens (:class:`app.lifecycle.WorkerGroup`),
+With several, ``/health/ready`` waits until every worker listens (:class:`WorkerGroup`),
 and the supervisor passes SIGTERM and SIGINT on to the workers as SIGTERM, which drain as
 uvicorn does (``--timeout-graceful-shutdown``), and starts a worker again that dies while serving
 (the OOM killer, say). A worker that cannot start — a model that fails to load — stops the service
@@ -25,13 +25,12 @@ import signal
 import socket
 import sys
 import time
+from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
 import uvicorn
-
-from app.lifecycle import WorkerGroup
 
 APP = "app.main:app"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
@@ -78,6 +77,32 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
+
+
+class WorkerGroup:
+    """How many of the supervisor's workers have started listening, counted across the processes.
+
+    Any worker may answer ``/health/ready``, and the first one up would say "ready" while the others
+    still load the model. A client that opens its connection pool then puts every connection on that
+    one worker, and keep-alive keeps them there (a benchmark saw 16 of 16). So readiness waits for the
+    count to reach the group's size. It only grows: a worker started again later, after one died, does
+    not take the whole service out of rotation while it loads.
+    """
+
+    def __init__(self, size: int, context: SpawnContext) -> None:
+        self.size = size
+        self._listening = context.Value("i", 0)
+
+    def mark_listening(self) -> None:
+        with self._listening.get_lock():
+            self._listening.value += 1
+
+    @property
+    def listening(self) -> int:
+        return int(self._listening.value)
+
+    def all_listening(self) -> bool:
+        return self.listening >= self.size
 
 
 class GroupServer(uvicorn.Server):

@@ -14,10 +14,10 @@ from conftest import b64, decode_png, png_bytes, started_client
 import app.engine as engine_module
 import app.predictor as predictor_module
 from app.config import Settings
-from app.lifecycle import WorkerGroup
 from app.main import create_app
 from app.runtime import cpu_has_amx_bf16
 from app.schemas import AttentionMapResponsePublic, ModelInfoPublic, PredictResponsePublic
+from app.serve import WorkerGroup
 from models.checkpoint import DEFAULT_MODEL_DIR, read_card
 from models.data import CanvasSet
 

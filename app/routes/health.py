@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.errors import ModelNotReady
-from app.lifecycle import WorkerGroup
 from app.routes.common import error_responses
 from app.schemas import HealthPublic
+from app.serve import WorkerGroup
 
 router = APIRouter(prefix="/health", tags=["health"])
 
