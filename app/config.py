@@ -121,8 +121,8 @@ class Settings(BaseSettings):
         """The engine's budget for forward passes on the event loop; 0 when a worker has several cores.
 
         A worker that runs its passes inline is one thread: with cores to spare it would leave them
-        idle, where the inference thread overlaps its passes with the loop's decoding (README,
-        Performance: one worker on two cores served less, with a long tail, inline).
+        idle, where the inference thread overlaps its passes with the loop's decoding
+        (``bench/HISTORY.md``: one worker on two cores served less, with a long tail, inline).
         """
         return self.inline_forward_max_ms / 1000 if self.cores_per_worker == 1 else 0.0
 

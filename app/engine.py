@@ -11,7 +11,7 @@ under ``torch.inference_mode`` in one of two places:
   batch is already queued when the thread comes back. Images still being decoded are expected.
 * On a CPU, on the event loop itself for the other batches, when ``inline_max_seconds`` is above 0
   (the service sets it only for a worker with one core to itself): a small batch's hand-off to the
-  thread and back, with the GIL changing hands, cost more CPU than it saved (README, Performance).
+  thread and back, with the GIL changing hands, cost more CPU than it saved (``bench/HISTORY.md``).
   Nothing arrives during an inline pass, so the clients it answers send their next requests just
   after it: the next batch waits for as many images as the inline one had.
 

@@ -81,8 +81,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await engine.warm_up(card.config.in_channels, warm_size, settings.max_batch_size)
     engine.start()
     # Everything alive now (torch, the app, the model) lives as long as the process. Freezing it takes
-    # it out of the collector's full passes, which otherwise walk ~200k objects (68 ms here; README,
-    # Performance, has the command) whenever they run and stall every request in flight.
+    # it out of the collector's full passes, which otherwise walk ~200k objects (68 ms here;
+    # bench/HISTORY.md has the command) whenever they run and stall every request in flight.
     gc.collect()
     gc.freeze()
     pool = ThreadPoolExecutor(

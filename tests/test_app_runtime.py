@@ -68,7 +68,7 @@ def test_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_inline_forward_passes_only_for_workers_with_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker with cores to spare keeps its passes in the inference thread (README, Performance)."""
+    """A worker with cores to spare keeps its passes in the inference thread (bench/HISTORY.md)."""
     monkeypatch.setattr(Settings, "cpu_count", property(lambda self: 2))
     monkeypatch.setenv("WEB_CONCURRENCY", "2")
     assert Settings(_env_file=None).inline_forward_max_s() == pytest.approx(0.02)
