@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from multiprocessing.context import SpawnContext
+from multiprocessing.context import BaseContext, ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -34,6 +34,7 @@ import uvicorn
 
 APP = "app.main:app"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 logger = logging.getLogger("glimpse.serve")
 
 
@@ -89,7 +90,7 @@ class WorkerGroup:
     not take the whole service out of rotation while it loads.
     """
 
-    def __init__(self, size: int, context: SpawnContext) -> None:
+    def __init__(self, size: int, context: BaseContext) -> None:
         self.size = size
         self._listening = context.Value("i", 0)
 
@@ -120,12 +121,18 @@ class GroupServer(uvicorn.Server):
 
 def run_worker(args: argparse.Namespace, group: WorkerGroup) -> None:
     """One worker process: its own socket, one uvicorn server."""
+    # The supervisor starts a worker with the stop signals blocked (Supervisor.start_worker), and a
+    # forked one with the supervisor's handlers, which would stop its siblings instead of itself.
+    # Until uvicorn installs its own, a stop signal ends the worker at once, as it would end uvicorn.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         sock = listening_socket(args.host, args.port)
     except OSError as exc:
         logging.getLogger("uvicorn.error").error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         sys.exit(STARTUP_FAILURE)
-    from app.main import app  # here, not at the top: the supervisor itself never loads torch
+    from app.main import app  # imported already when forked (Supervisor.run)
 
     app.state.worker_group = group
     server = GroupServer(uvicorn.Config(app, **uvicorn_options(args)), group)
@@ -139,15 +146,32 @@ class Supervisor:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.context = multiprocessing.get_context("spawn")
+        # Linux forks the workers from a supervisor that has imported the app, and with it torch, once:
+        # N workers importing torch at the same time took longer to become ready than one. Elsewhere
+        # (macOS, where forking after such imports is unsafe) each worker starts a fresh interpreter.
+        self.forking = sys.platform == "linux"
+        self.context: ForkContext | SpawnContext = (
+            multiprocessing.get_context("fork") if self.forking else multiprocessing.get_context("spawn")
+        )
         self.group = WorkerGroup(args.workers, self.context)
         self.workers: list[BaseProcess] = []
         self.stopping = False
 
-    def start_worker(self) -> BaseProcess:
+    def start_worker(self, slot: int | None = None) -> None:
+        """Start a worker into ``self.workers`` (appended, or replacing ``slot``).
+
+        The stop signals wait until it is listed, so that :meth:`stop` always reaches it.
+        """
         process = self.context.Process(target=run_worker, args=(self.args, self.group), name="glimpse-worker")
-        process.start()
-        return process
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+            if slot is None:
+                self.workers.append(process)
+            else:
+                self.workers[slot] = process
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def stop(self, _signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
         # Always SIGTERM: after a terminal's Ctrl-C the workers have had SIGINT already, and uvicorn
@@ -162,7 +186,14 @@ class Supervisor:
         os.environ["WEB_CONCURRENCY"] = str(self.args.workers)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        self.workers = [self.start_worker() for _ in range(self.args.workers)]
+        if self.forking:
+            # After the variable above: importing app.main reads the settings. Nothing here touches
+            # CUDA or starts torch's thread pools, which a forked child could not use.
+            import app.main  # noqa: F401
+
+        for _ in range(self.args.workers):
+            if not self.stopping:
+                self.start_worker()
         status = 0
         while not self.stopping or any(process.is_alive() for process in self.workers):
             time.sleep(0.2)
@@ -176,7 +207,7 @@ class Supervisor:
                     self.stop()
                 else:  # killed (the OOM killer, say) or crashed: serve on with a new worker
                     logger.error("worker %d exited (%d); starting another", process.pid, code)
-                    self.workers[i] = self.start_worker()
+                    self.start_worker(slot=i)
         for process in self.workers:
             process.join()
         return status

@@ -20,7 +20,7 @@ import pytest
 from serving import REPO_ROOT, free_port
 
 from app.serve import parse_args
-from bench.connections import ESTABLISHED, LISTEN, listening_workers, socket_inodes
+from bench.connections import ESTABLISHED, LISTEN, children, listening_workers, socket_inodes
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from /proc (Linux)")
 
@@ -135,6 +135,37 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all(canvas_png: Call
         assert process.wait(30) == 0
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # exited and reaped
         assert not socket_inodes(port, LISTEN)
+
+
+@pytest.mark.parametrize(
+    ("after_first_worker", "delay_s"),
+    [(False, 0.2), (True, 0.0), (True, 0.002), (True, 0.004), (True, 0.01), (True, 1.0)],
+    ids=["before-the-workers", "at-fork", "fork+2ms", "fork+4ms", "fork+10ms", "loading"],
+)
+def test_sigterm_at_any_moment_of_start_up_stops_every_process(
+    after_first_worker: bool, delay_s: float
+) -> None:
+    # Right after a fork the worker still had the supervisor's handler: it took the signal as its
+    # own stop, and the service hung (3 of the first 4 trials at +0 to +6 ms, before start_worker
+    # blocked the stop signals).
+    with supervisor(workers=2) as (process, port):
+        deadline = time.monotonic() + 60
+        while after_first_worker and not children(process.pid):
+            assert time.monotonic() < deadline
+            assert process.poll() is None
+            time.sleep(0.0005)
+        time.sleep(delay_s)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) in (0, -signal.SIGTERM)  # -SIGTERM: still starting Python
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and serves_port(int(pid), port)]
+
+
+def serves_port(pid: int, port: int) -> bool:
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"app.serve" in arguments and str(port).encode() in arguments
 
 
 def test_a_worker_that_cannot_start_stops_the_service_with_uvicorns_startup_failure_status(
