@@ -81,7 +81,10 @@ def main() -> None:
         servers = {"glimpse": glimpse, "torchserve": torchserve}
         urls = {name: server["base"] + server["paths"][args.endpoint] for name, server in servers.items()}
         for name, server in servers.items():
-            result[name] = {key: server[key] for key in ("command", "ready_s", "rss_mib_after_ready")}
+            result[name] = {
+                key: server[key]
+                for key in ("command", "ready_s", "rss_mib_after_ready", "pss_mib_after_ready")
+            }
             wrk(urls[name], args.concurrency, 2, 1, image)  # warm the path
         for round_ in range(args.rounds):
             order = list(urls) if round_ % 2 == 0 else list(reversed(urls))

@@ -85,8 +85,8 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 12
     raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its children (TorchServe's workers), in MiB."""
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (TorchServe's workers, Glimpse's)."""
     pids = [pid]
     while True:
         found = []
@@ -97,13 +97,28 @@ def rss_mib(pid: int) -> float:
         if not new:
             break
         pids += new
+    return pids
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children, in MiB; pages they share count once for each."""
+    return _sum_field(pid, "status", "VmRSS:")
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size of a process and its children, in MiB: each shared page split among the
+    processes that share it, so the sum is the memory the tree takes (forked workers share pages)."""
+    return _sum_field(pid, "smaps_rollup", "Pss:")
+
+
+def _sum_field(pid: int, file: str, field: str) -> float:
     total = 0
-    for p in pids:
+    for p in process_tree(pid):
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except FileNotFoundError:  # exited since it was listed
+            text = Path(f"/proc/{p}/{file}").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # exited since it was listed
             continue
-        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        total += next((int(line.split()[1]) for line in text.splitlines() if line.startswith(field)), 0)
     return total / 1024
 
 
@@ -139,6 +154,7 @@ def glimpse_server(env: dict[str, str], port: int, workers: int = 1) -> Iterator
             "env": env,
             "ready_s": ready_s,
             "rss_mib_after_ready": rss_mib(process.pid),
+            "pss_mib_after_ready": pss_mib(process.pid),
             "base": f"http://127.0.0.1:{port}",
             "paths": {"/predict": "/predict", "/attention-map": "/attention-map"},
             "pid": process.pid,
@@ -156,7 +172,12 @@ def serve_glimpse(
         base = server.pop("base")
         runs = load("glimpse", base, paths, args, image)
         pid = server.pop("pid")
-        return {**server, "rss_mib_after_load": rss_mib(pid), "runs": runs}
+        return {
+            **server,
+            "rss_mib_after_load": rss_mib(pid),
+            "pss_mib_after_load": pss_mib(pid),
+            "runs": runs,
+        }
 
 
 def serve_naive(args: argparse.Namespace, image: Path, port: int) -> dict[str, Any]:
@@ -169,6 +190,7 @@ def serve_naive(args: argparse.Namespace, image: Path, port: int) -> dict[str, A
             "command": " ".join(command),
             "ready_s": ready_s,
             "rss_mib_after_ready": rss_mib(process.pid),
+            "pss_mib_after_ready": pss_mib(process.pid),
             "runs": load("naive", f"http://127.0.0.1:{port}", paths, args, image),
         }
     finally:
@@ -272,6 +294,7 @@ def torchserve_server(
             "config": config_text,
             "ready_s": ready_s,
             "rss_mib_after_ready": rss_mib(process.pid),
+            "pss_mib_after_ready": pss_mib(process.pid),
             "base": base,
             "paths": {"/predict": "/predictions/glimpse", "/attention-map": "/explanations/glimpse"},
         }
