@@ -7,10 +7,11 @@ worker binds a socket of its own with ``SO_REUSEPORT``, and the kernel spreads n
 them by a hash of their addresses (README, Performance, has the measured splits).
 
 With one worker (the default, or ``WEB_CONCURRENCY=1``) this is plain ``uvicorn app.main:app``.
-With several, ``/health/ready`` waits until every worker listens (:class:`WorkerGroup`),
-and the supervisor passes SIGTERM and SIGINT on to the workers as SIGTERM, which drain as
-uvicorn does (``--timeout-graceful-shutdown``), and starts a worker again that dies while serving
-(the OOM killer, say). A worker that cannot start — a model that fails to load — stops the service
+With several, the supervisor imports the app once and forks the workers from it (on Linux; elsewhere
+each starts a fresh interpreter), and ``/health/ready`` waits until every worker listens
+(:class:`WorkerGroup`). The supervisor passes SIGTERM and SIGINT on to the workers as SIGTERM, which
+drain as uvicorn does (``--timeout-graceful-shutdown``), and starts a worker again that dies while
+serving (the OOM killer, say). A worker that cannot start — a model that fails to load — stops the service
 with uvicorn's startup-failure status, 3. Where the platform has no ``SO_REUSEPORT`` (Windows),
 uvicorn's own workers run.
 """
