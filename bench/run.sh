@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the CPU benchmark: bash bench/run.sh [bench.run arguments]
 # Glimpse against TorchServe in alternating rounds: bash bench/run.sh head-to-head [arguments]
+# /attention-map against /predict in alternating rounds: bash bench/run.sh map-ratio [arguments]
 # Needs wrk (Debian: apt-get install wrk), the project venv with the bench extra
 # (.venv/bin/pip install -e '.[bench]'), and TorchServe in its own venv, made here on first use.
 set -euo pipefail
@@ -13,5 +14,9 @@ fi
 if [[ "${1:-}" == head-to-head ]]; then
   shift
   exec .venv/bin/python -m bench.head_to_head "$@"
+fi
+if [[ "${1:-}" == map-ratio ]]; then
+  shift
+  exec .venv/bin/python -m bench.map_ratio "$@"
 fi
 exec .venv/bin/python -m bench.run "$@"
