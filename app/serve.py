@@ -191,7 +191,10 @@ class Supervisor:
             # After the variable above: importing app.main reads the settings. Nothing here touches
             # CUDA or starts torch's thread pools, which a forked child could not use.
             import app.main  # noqa: F401
+        else:
+            from app.config import get_settings
 
+            get_settings()  # a setting that does not validate stops the service here, once
         for _ in range(self.args.workers):
             if not self.stopping:
                 self.start_worker()

@@ -175,6 +175,12 @@ def test_a_worker_that_cannot_start_stops_the_service_with_uvicorns_startup_fail
         assert process.wait(60) == 3
 
 
+def test_a_setting_that_does_not_validate_stops_the_service_at_once() -> None:
+    # Each worker used to fail on it and be started again, forever (7 restarts in 12 s).
+    with supervisor(workers=2, env={"GLIMPSE_MAX_BATCH_SIZE": "0"}) as (process, _):
+        assert process.wait(30) == 1
+
+
 def test_workers_default_to_web_concurrency_and_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     assert parse_args([]).workers == 3
