@@ -20,18 +20,14 @@ import threading
 import time
 from typing import Any
 
-from bench.connections import connections_by_worker
-from bench.run import BENCH, ROOT, wait_ready, write_result, wrk
+from bench.connections import record_split
+from bench.run import BENCH, ROOT, result_header, wait_ready, write_result, wrk
 
 SETTLE_S = 5.0
 LAUNCHERS = {
     "uvicorn --workers 2": ["-m", "uvicorn", "app.main:app", "--workers", "2"],
     "python -m app.serve --workers 2": ["-m", "app.serve", "--workers", "2"],
 }
-
-
-def record_split(supervisor: int, port: int, into: list[int]) -> None:
-    into.extend(connections_by_worker(supervisor, port))
 
 
 def main() -> None:
@@ -43,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     image, port = BENCH / "canvas60.png", 8460
     env = {"GLIMPSE_TORCH_THREADS": "1", "GLIMPSE_DECODE_THREADS": "1", "GLIMPSE_LOG_LEVEL": "warning"}
-    result: dict[str, Any] = {"command": " ".join(["python", "-m", "bench.connection_split", *sys.argv[1:]])}
+    result: dict[str, Any] = result_header("bench.connection_split")
     for name, launcher in LAUNCHERS.items():
         command = [sys.executable, *launcher, "--port", str(port), "--log-level", "warning"]
         process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})

@@ -54,3 +54,8 @@ def connections_by_worker(parent: int, port: int) -> list[int]:
     """How many established connections on ``port`` each listening child of ``parent`` holds."""
     established = socket_inodes(port, ESTABLISHED)
     return sorted(len(inodes & established) for inodes in listening_workers(parent, port).values())
+
+
+def record_split(parent: int, port: int, into: list[int]) -> None:
+    """:func:`connections_by_worker` into ``into``; a ``threading.Timer`` target, to sample mid-run."""
+    into.extend(connections_by_worker(parent, port))

@@ -17,34 +17,25 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.connections import connections_by_worker
+from bench.connections import record_split
 from bench.run import (
     BENCH,
     TS_BATCH,
     TS_DELAY_MS,
     TS_THREADS,
     glimpse_server,
-    machine,
+    result_header,
+    settings,
     torchserve_server,
     write_result,
     wrk,
 )
 
 GLIMPSE_PORT = 8400
-
-
-def record_split(supervisor: int, port: int, into: list[int]) -> None:
-    into.extend(connections_by_worker(supervisor, port))
-
-
-def settings(text: str) -> dict[str, str]:
-    return dict(pair.split("=", 1) for pair in text.split(",") if pair)
 
 
 def main() -> None:
@@ -68,12 +59,7 @@ def main() -> None:
 
     glimpse_env = {"GLIMPSE_DEVICE": args.device, **args.glimpse}
     workers = int(glimpse_env.pop("WORKERS", "1"))
-    result: dict[str, Any] = {
-        "command": " ".join(["python", "-m", "bench.head_to_head", *sys.argv[1:]]),
-        "machine": machine(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "rounds": [],
-    }
+    result: dict[str, Any] = {**result_header("bench.head_to_head"), "rounds": []}
     with (
         glimpse_server(glimpse_env, GLIMPSE_PORT, workers) as glimpse,
         torchserve_server(args, DEFAULT_MODEL_DIR, 8420, args.torchserve) as torchserve,

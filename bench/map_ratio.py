@@ -1,8 +1,8 @@
 """``/attention-map`` against ``/predict`` on one Glimpse server, in alternating rounds.
 
 A full ``bench.run`` measures the two endpoints a minute apart, and on a shared VM whose speed swings
-from one minute to the next their ratio moves with the swing (0.59 to 0.95 in four runs on the same
-code). Here one server stays up and wrk loads the two endpoints in turn, the order flipped every
+from one minute to the next their ratio moves with the swing (0.59 to 0.95 in four full
+runs). Here one server stays up and wrk loads the two endpoints in turn, the order flipped every
 round; it prints every round and the median of the per-round ratios.
 
     bash bench/run.sh map-ratio --rounds 8 --concurrency 16 64 \\
@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.head_to_head import settings
-from bench.run import BENCH, glimpse_server, machine, write_result, wrk
+from bench.run import BENCH, glimpse_server, result_header, settings, write_result, wrk
 
 PORT = 8440
 ENDPOINTS = ("/predict", "/attention-map")
@@ -41,12 +38,7 @@ def main() -> None:
     image = BENCH / "canvas60.png"
     env = {"GLIMPSE_DEVICE": args.device, **args.glimpse}
     workers = int(env.pop("WORKERS", "1"))
-    result: dict[str, Any] = {
-        "command": " ".join(["python", "-m", "bench.map_ratio", *sys.argv[1:]]),
-        "machine": machine(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "rounds": [],
-    }
+    result: dict[str, Any] = {**result_header("bench.map_ratio"), "rounds": []}
     with glimpse_server(env, PORT, workers) as server:
         result["glimpse"] = {key: server[key] for key in ("command", "ready_s")}
         base = server["base"]

@@ -32,6 +32,20 @@ TS_VENV = Path(os.environ.get("GLIMPSE_TS_VENV", BENCH / ".venv-ts"))
 TS_BATCH, TS_DELAY_MS, TS_THREADS = 16, 5, 1
 
 
+def settings(text: str) -> dict[str, str]:
+    """``K=V,K=V`` as a dict: a server variant's settings (``glimpse:WORKERS=2,GLIMPSE_X=1``)."""
+    return dict(pair.split("=", 1) for pair in text.split(",") if pair)
+
+
+def result_header(module: str) -> dict[str, Any]:
+    """What every result file starts with: the command that wrote it, the machine, the start time."""
+    return {
+        "command": " ".join(["python", "-m", module, *sys.argv[1:]]),
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def write_result(out: Path, name: str, result: dict[str, Any]) -> Path:
     """``result`` as out/<stamp>-<host>-<name>.json; returns the path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -428,13 +442,7 @@ def main() -> None:
     from models.checkpoint import DEFAULT_MODEL_DIR
 
     env = {"GLIMPSE_DEVICE": args.device, **dict(kv.split("=", 1) for kv in args.glimpse_env)}
-    result: dict[str, Any] = {
-        "command": " ".join(["python", "-m", "bench.run", *sys.argv[1:]]),
-        "machine": machine(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "note": args.note,
-        "servers": {},
-    }
+    result: dict[str, Any] = {**result_header("bench.run"), "note": args.note, "servers": {}}
     print(f"machine: {result['machine']}", flush=True)
     batch = int(env.get("GLIMPSE_MAX_BATCH_SIZE", 32))
     if not args.skip_in_process:
@@ -442,14 +450,14 @@ def main() -> None:
     port = 8300
     for server in args.servers:
         if server.startswith("glimpse"):  # glimpse:WORKERS=2,GLIMPSE_X=1 runs a variant
-            variant = dict(kv.split("=", 1) for kv in server.partition(":")[2].split(",") if kv)
+            variant = settings(server.partition(":")[2])
             workers = int(variant.pop("WORKERS", args.workers))
             result["servers"][server] = serve_glimpse(args, {**env, **variant}, image, port, workers)
             port += 1
         elif server == "naive":
             result["servers"]["naive"] = serve_naive(args, image, port + 10)
         elif server.startswith("torchserve"):  # torchserve:AMP=bfloat16,BATCH=32 runs a variant
-            variant = dict(kv.split("=", 1) for kv in server.partition(":")[2].split(",") if kv)
+            variant = settings(server.partition(":")[2])
             result["servers"][server] = serve_torchserve(args, DEFAULT_MODEL_DIR, image, port + 20, variant)
             port += 3  # TorchServe takes three ports: inference, management, metrics
     if args.large is not None:
@@ -461,7 +469,7 @@ def main() -> None:
             result["large"]["in_process"] = in_process(args, model_dir, large_image, batch)
         args.concurrency = args.large_concurrency
         for server in args.large or ["glimpse"]:
-            variant = dict(kv.split("=", 1) for kv in server.partition(":")[2].split(",") if kv)
+            variant = settings(server.partition(":")[2])
             workers = int(variant.pop("WORKERS", args.workers))
             result["large"]["servers"][server] = serve_glimpse(
                 args, {**large_env, **variant}, large_image, port + 40, workers
