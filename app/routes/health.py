@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Request
 
 from app.errors import ModelNotReady
 from app.routes.common import error_responses
 from app.schemas import HealthPublic
-from app.serve import WorkerGroup
+
+if TYPE_CHECKING:  # set by the launcher (app.serve); the routes do not depend on it
+    from app.serve import WorkerGroup
 
 router = APIRouter(prefix="/health", tags=["health"])
 
