@@ -25,12 +25,12 @@ from bench.connections import ESTABLISHED, LISTEN, children, listening_workers, 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from /proc (Linux)")
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.1)
+        time.sleep(interval_s)
 
 
 def ready(port: int) -> bool:
@@ -106,10 +106,7 @@ def test_ready_only_once_every_worker_listens() -> None:
     # A connection pool opened at the first "ready" lands wherever sockets are listening then, and
     # keep-alive keeps it there; before this check, a benchmark found all 16 on one worker.
     with supervisor(workers=3) as (process, port):
-        deadline = time.monotonic() + 60
-        while not ready(port):
-            assert time.monotonic() < deadline, "not ready within 60 s"
-            time.sleep(0.005)
+        wait_for(lambda: ready(port), 60, "ready", interval_s=0.005)
         assert len(listening_workers(process.pid, port)) == 3
 
 
@@ -149,11 +146,8 @@ def test_sigterm_at_any_moment_of_start_up_stops_every_process(
     # own stop, and the service hung (3 of the first 4 trials at +0 to +6 ms, before start_worker
     # blocked the stop signals).
     with supervisor(workers=2) as (process, port):
-        deadline = time.monotonic() + 60
-        while after_first_worker and not children(process.pid):
-            assert time.monotonic() < deadline
-            assert process.poll() is None
-            time.sleep(0.0005)
+        if after_first_worker:
+            wait_for(lambda: bool(children(process.pid)), 60, "a worker forked", interval_s=0.0005)
         time.sleep(delay_s)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) in (0, -signal.SIGTERM)  # -SIGTERM: still starting Python
