@@ -123,6 +123,10 @@ def render_heatmaps(maps: Tensor, input_height: int, input_width: int, stride: i
     batched call for maps of images of one size, on the tensors' device: the engine renders a batch's
     maps together on the model's device, instead of a few tensor operations per image on the event loop.
 
+    The maps are scaled before they are resampled, on their few grid cells instead of every pixel. That
+    changes nothing: the resampling puts each cell on a pixel and makes every other pixel a convex
+    combination of cells, so a map's peak is the same on the grid as on the pixels.
+
     Args:
         maps: (B, h, w) maps over each image's valid feature grid.
         input_height: Height of the images in pixels.
@@ -130,18 +134,29 @@ def render_heatmaps(maps: Tensor, input_height: int, input_width: int, stride: i
         stride: The network's feature stride.
 
     Returns:
-        (B, input_height, input_width) uint8 heat images (see :func:`heatmaps_to_uint8`).
+        (B, input_height, input_width) uint8 heat images, scaled as :func:`heatmaps_to_uint8` scales.
     """
-    return heatmaps_to_uint8(model_upsample_to_input(maps.clamp(min=0), input_height, input_width, stride))
+    scaled = model_upsample_to_input(scale_peaks_to_255(maps), input_height, input_width, stride)
+    return scaled.round_().to(torch.uint8)  # in [0, 255] already: convex combinations of [0, 255]
 
 
 def heatmaps_to_uint8(heatmaps: Tensor) -> Tensor:
     """Scale each (H, W) map of a (B, H, W) batch so its maximum is 255, negatives to 0, rounding to
     nearest; a map with no positive (or a non-finite) maximum becomes all zero."""
-    peak = heatmaps.amax(dim=(1, 2), keepdim=True) if heatmaps.numel() else heatmaps.new_zeros(0, 1, 1)
-    usable = torch.isfinite(peak) & (peak > 0)
-    scale = torch.where(usable, 255.0 / torch.where(usable, peak, 1.0), 0.0)
-    return torch.round(heatmaps.clamp(min=0) * scale).clamp(max=255).to(torch.uint8)
+    return scale_peaks_to_255(heatmaps).round_().to(torch.uint8)
+
+
+def scale_peaks_to_255(maps: Tensor) -> Tensor:
+    """The positive part of each (H, W) map of a (B, H, W) batch, scaled so its maximum is 255; float32.
+
+    A map with no positive maximum, or with any NaN or infinity, becomes all zero: blank, never garbage.
+    """
+    positive = maps.float().clamp(min=0)
+    if positive.numel() == 0:
+        return positive
+    peak = positive.amax(dim=(1, 2), keepdim=True)
+    scale = (255.0 / peak).nan_to_num_(nan=0.0, posinf=0.0)  # a zero peak gives inf; a NaN peak, NaN
+    return (positive * scale).nan_to_num_(nan=0.0)  # an infinite or NaN map times 0 gives NaN
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -159,7 +174,7 @@ def encode_png(array: NDArray[np.uint8]) -> bytes:
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
         raise ValueError(f"expected an (H, W) or (H, W, 3) uint8 array, got {array.dtype} {array.shape}")
     height, width = array.shape[:2]
-    flat = array.reshape(height, -1)
+    flat = np.ascontiguousarray(array).reshape(height, -1)  # row differences of a strided view are slow
     rows = np.empty((height, 1 + flat.shape[1]), dtype=np.uint8)
     rows[0, 0], rows[1:, 0] = _PNG_FILTER_NONE, _PNG_FILTER_UP
     rows[0, 1:] = flat[0]

@@ -275,7 +275,14 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
     """Bilinearly resample a feature-grid map onto input pixels, pixel-aligned.
 
     Feature cell (i, j) of the 3×3/stride-2/padding-1 backbone is centred on input pixel
-    (stride·i, stride·j), so input pixel y maps to grid coordinate y / stride.
+    (stride·i, stride·j), so input pixel y maps to grid coordinate y / stride; pixels past the last
+    cell take its value. Every cell thus lands exactly on one pixel, and every pixel is a convex
+    combination of at most four cells.
+
+    Bilinear resampling is separable: up to :data:`SEPARABLE_MAX_PIXELS` it runs as two small matrix
+    products, rows · grid · colsᵀ, faster there than ``grid_sample`` (``python -m bench.render_cost``).
+    Above it the products' cost, which grows with pixels × cells, passes ``grid_sample``'s. The two
+    agree to float rounding.
 
     Args:
         grid: Maps over the valid feature grid, (B, h, w).
@@ -284,16 +291,17 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
         stride: The network's feature stride.
 
     Returns:
-        (B, input_height, input_width) maps.
+        (B, input_height, input_width) float32 maps.
     """
     batch, height, width = grid.shape
-    shape = (height, width, input_height, input_width, stride)
-    # Only small grids are cached: a grid costs 8 bytes a pixel (128 MiB at 4096²), and clients choose
-    # the sizes; building one takes microseconds next to resampling onto that many pixels anyway.
-    small = input_height * input_width <= CACHED_SAMPLE_GRID_MAX_PIXELS
-    sample_grid = (cached_input_sample_grid if small else input_sample_grid)(*shape, grid.device)
+    grid = grid.float()
+    if input_height * input_width <= SEPARABLE_MAX_PIXELS:
+        rows = interpolation_matrix(height, input_height, stride, grid.device)
+        cols = interpolation_matrix(width, input_width, stride, grid.device)
+        return (rows @ grid @ cols.T).contiguous()  # cuBLAS may hand back a transposed layout
+    sample_grid = input_sample_grid(height, width, input_height, input_width, stride, grid.device)
     sampled = F.grid_sample(
-        grid.unsqueeze(1).float(),
+        grid.unsqueeze(1),
         sample_grid.expand(batch, -1, -1, -1),
         mode="bilinear",
         padding_mode="border",
@@ -302,7 +310,38 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
     return sampled.squeeze(1)
 
 
-CACHED_SAMPLE_GRID_MAX_PIXELS = 512 * 512  # at most 2 MiB a grid, 128 MiB for the whole cache
+SEPARABLE_MAX_PIXELS = 1024 * 1024
+CACHED_MATRIX_MAX_PIXELS = 512  # per side; at stride 4, 258 KiB a matrix and 17 MiB for the whole cache
+
+
+def interpolation_matrix(cells: int, pixels: int, stride: int, device: torch.device | str = "cpu") -> Tensor:
+    """The (pixels, cells) float32 matrix of :func:`upsample_to_input` along one axis.
+
+    Row y holds the bilinear weights of the two cells around coordinate y / stride. Matrices for sides
+    up to :data:`CACHED_MATRIX_MAX_PIXELS` are cached per device, since copying one to a GPU for every
+    call would make the host wait for everything already queued there; clients choose the sizes, so
+    larger ones are built each time (microseconds next to resampling onto that many pixels).
+    """
+    device = torch.device(device)
+    if pixels <= CACHED_MATRIX_MAX_PIXELS:
+        return _cached_interpolation_matrix(cells, pixels, stride, device)
+    return _interpolation_matrix(cells, pixels, stride, device)
+
+
+def _interpolation_matrix(cells: int, pixels: int, stride: int, device: torch.device) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # usable inside and outside inference mode
+        coordinate = (torch.arange(pixels, dtype=torch.float64) / stride).clamp(max=cells - 1)
+        lower = coordinate.floor().long()
+        upper = (lower + 1).clamp(max=cells - 1)
+        weight = coordinate - lower
+        matrix = torch.zeros(pixels, cells, dtype=torch.float64)
+        index = torch.arange(pixels)
+        matrix.index_put_((index, lower), 1 - weight, accumulate=True)
+        matrix.index_put_((index, upper), weight, accumulate=True)
+        return matrix.float().to(device)
+
+
+_cached_interpolation_matrix = functools.lru_cache(maxsize=64)(_interpolation_matrix)
 
 
 def input_sample_grid(
@@ -313,21 +352,14 @@ def input_sample_grid(
     stride: int,
     device: torch.device | str = "cpu",
 ) -> Tensor:
-    """The (1, H, W, 2) sampling grid of :func:`upsample_to_input` on ``device``; it depends on shapes only.
-
-    Cached per device (:data:`cached_input_sample_grid`): copying it to a GPU for every call would make
-    the host wait for everything already queued there.
-    """
-    with torch.inference_mode(False), torch.no_grad():
-        ys = torch.arange(input_height, dtype=torch.float32) / stride
-        xs = torch.arange(input_width, dtype=torch.float32) / stride
-        # align_corners=True maps -1 and 1 to the first and last cell centres.
-        ny = ys / max(height - 1, 1) * 2 - 1 if height > 1 else torch.zeros_like(ys)
-        nx = xs / max(width - 1, 1) * 2 - 1 if width > 1 else torch.zeros_like(xs)
-        return torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1).unsqueeze(0).to(device)
-
-
-cached_input_sample_grid = functools.lru_cache(maxsize=64)(input_sample_grid)
+    """The (1, H, W, 2) ``grid_sample`` grid of :func:`upsample_to_input` for inputs too large for the
+    matrix products."""
+    ys = torch.arange(input_height, dtype=torch.float32) / stride
+    xs = torch.arange(input_width, dtype=torch.float32) / stride
+    # align_corners=True maps -1 and 1 to the first and last cell centres.
+    ny = ys / max(height - 1, 1) * 2 - 1 if height > 1 else torch.zeros_like(ys)
+    nx = xs / max(width - 1, 1) * 2 - 1 if width > 1 else torch.zeros_like(xs)
+    return torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1).unsqueeze(0).to(device)
 
 
 def channels_last(model: AttentionNet) -> AttentionNet:

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from models.attention_net import (
-    CACHED_SAMPLE_GRID_MAX_PIXELS,
+    CACHED_MATRIX_MAX_PIXELS,
+    SEPARABLE_MAX_PIXELS,
     AttentionNet,
     AttentionNetConfig,
-    cached_input_sample_grid,
+    _cached_interpolation_matrix,
+    input_sample_grid,
     upsample_to_input,
 )
 
@@ -108,16 +110,54 @@ def test_config_round_trips_through_a_dict() -> None:
         AttentionNetConfig(stages=((8, 3),))
 
 
-def test_only_small_sampling_grids_are_cached() -> None:
-    """Clients choose image sizes: a cached 4096² grid would hold 128 MiB for the life of the process."""
-    cached_input_sample_grid.cache_clear()
+def test_only_small_interpolation_matrices_are_cached() -> None:
+    """Clients choose image sizes: every size they send must not stay in memory for good."""
+    _cached_interpolation_matrix.cache_clear()
     grid = torch.rand(1, 8, 8)
     small = upsample_to_input(grid, 30, 30, 4)
     large = upsample_to_input(torch.rand(1, 200, 200), 800, 800, 4)
-    assert cached_input_sample_grid.cache_info().currsize == 1  # the 30×30 grid only
+    assert _cached_interpolation_matrix.cache_info().currsize == 1  # 30 pixels × 8 cells, both axes
     assert large.shape == (1, 800, 800)
     assert torch.equal(upsample_to_input(grid, 30, 30, 4), small)
-    assert cached_input_sample_grid.cache_info().hits == 1
-    maxsize = cached_input_sample_grid.cache_info().maxsize
+    assert _cached_interpolation_matrix.cache_info().hits == 3
+    maxsize = _cached_interpolation_matrix.cache_info().maxsize
     assert maxsize is not None
-    assert maxsize * 8 * CACHED_SAMPLE_GRID_MAX_PIXELS <= 128 << 20
+    cells = CACHED_MATRIX_MAX_PIXELS // 4 + 1  # the most cells such a side has at stride 4
+    assert maxsize * CACHED_MATRIX_MAX_PIXELS * cells * 4 <= 32 << 20
+
+
+def grid_sampled(grid: torch.Tensor, input_height: int, input_width: int, stride: int) -> torch.Tensor:
+    """The reference: ``grid_sample``, bilinear, border-clamped, on cell centres."""
+    _, height, width = grid.shape
+    sample_grid = input_sample_grid(height, width, input_height, input_width, stride)
+    return F.grid_sample(
+        grid.unsqueeze(1),
+        sample_grid.expand(grid.shape[0], -1, -1, -1),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    ).squeeze(1)
+
+
+@pytest.mark.parametrize(
+    ("grid_size", "image_size", "stride"),
+    [((8, 8), (60, 60), 8), ((15, 15), (60, 57), 4), ((1, 5), (16, 40), 8), ((4, 4), (16, 16), 4),
+     ((13, 25), (100, 197), 8), ((2, 2), (5, 9), 4)],
+)  # fmt: skip
+def test_separable_resampling_equals_grid_sample(
+    grid_size: tuple[int, int], image_size: tuple[int, int], stride: int
+) -> None:
+    """The matrix products and ``grid_sample`` compute the same bilinear map, pixels past the last cell
+    included; the products only run faster on small images."""
+    assert image_size[0] * image_size[1] <= SEPARABLE_MAX_PIXELS
+    grid = torch.randn(3, *grid_size)
+    separable = upsample_to_input(grid, *image_size, stride)
+    assert separable.shape == (3, *image_size)
+    torch.testing.assert_close(separable, grid_sampled(grid, *image_size, stride), rtol=1e-5, atol=1e-5)
+
+
+def test_large_images_are_resampled_by_grid_sample() -> None:
+    grid = torch.rand(1, 130, 129)
+    image = upsample_to_input(grid, 1030, 1025, 8)
+    assert SEPARABLE_MAX_PIXELS < 1030 * 1025
+    assert torch.equal(image, grid_sampled(grid, 1030, 1025, 8))
