@@ -11,9 +11,10 @@ With several, the supervisor imports the app once and forks the workers from it 
 each starts a fresh interpreter), and ``/health/ready`` waits until every worker listens
 (:class:`WorkerGroup`). The supervisor passes SIGTERM and SIGINT on to the workers as SIGTERM, which
 drain as uvicorn does (``--timeout-graceful-shutdown``), and starts a worker again that dies while
-serving (the OOM killer, say). A worker that cannot start — a model that fails to load — stops the service
-with uvicorn's startup-failure status, 3. Where the platform has no ``SO_REUSEPORT`` (Windows),
-uvicorn's own workers run.
+serving (the OOM killer, say): at once after a worker that ran for a while, later and later after one that
+keeps dying soon after its start (:data:`RESTART_DELAYS_S`). A worker that cannot start — a model that
+fails to load — stops the service with uvicorn's startup-failure status, 3. Where the platform has no
+``SO_REUSEPORT`` (Windows), uvicorn's own workers run.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ import uvicorn
 APP = "app.main:app"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# A worker that dies within STABLE_AFTER_S of its start is started again after the next of these delays,
+# so that one crashing on every request does not spin a core on restarts and flood the log; one that
+# ran longer is replaced at once, and its slot starts from the first delay again.
+RESTART_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+STABLE_AFTER_S = 60.0
 logger = logging.getLogger("glimpse.serve")
 
 
@@ -156,6 +162,9 @@ class Supervisor:
         )
         self.group = WorkerGroup(args.workers, self.context)
         self.workers: list[BaseProcess] = []
+        self.started_at: list[float] = []
+        self.quick_deaths: list[int] = []  # per slot: deaths in a row within STABLE_AFTER_S of a start
+        self.restart_at: dict[int, float] = {}  # slot -> when its next worker starts
         self.stopping = False
 
     def start_worker(self, slot: int | None = None) -> None:
@@ -169,8 +178,11 @@ class Supervisor:
             process.start()
             if slot is None:
                 self.workers.append(process)
+                self.started_at.append(time.monotonic())
+                self.quick_deaths.append(0)
             else:
                 self.workers[slot] = process
+                self.started_at[slot] = time.monotonic()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
@@ -200,21 +212,42 @@ class Supervisor:
                 self.start_worker()
         status = 0
         while not self.stopping or any(process.is_alive() for process in self.workers):
-            time.sleep(0.2)
+            time.sleep(0.1)
             for i, process in enumerate(self.workers):
                 code = process.exitcode
-                if code is None or self.stopping:
+                if self.stopping:
+                    break
+                if i in self.restart_at:
+                    if time.monotonic() >= self.restart_at[i]:
+                        del self.restart_at[i]
+                        self.start_worker(slot=i)
+                    continue
+                if code is None:
                     continue
                 if code == STARTUP_FAILURE:  # e.g. the model did not load: the next one would fail too
                     logger.error("worker %d failed to start; stopping", process.pid)
                     status = code
                     self.stop()
                 else:  # killed (the OOM killer, say) or crashed: serve on with a new worker
-                    logger.error("worker %d exited (%d); starting another", process.pid, code)
-                    self.start_worker(slot=i)
+                    self.schedule_restart(i, process, code)
         for process in self.workers:
             process.join()
         return status
+
+    def schedule_restart(self, slot: int, process: BaseProcess, code: int) -> None:
+        """Start the slot's next worker now, or after a growing delay if its workers keep dying young."""
+        lived_s = time.monotonic() - self.started_at[slot]
+        if lived_s >= STABLE_AFTER_S:
+            self.quick_deaths[slot] = 0
+            delay_s = 0.0
+        else:
+            delay_s = RESTART_DELAYS_S[min(self.quick_deaths[slot], len(RESTART_DELAYS_S) - 1)]
+            self.quick_deaths[slot] += 1
+        logger.error(
+            "worker %d exited (%d) after %.1f s; starting another in %.1f s",
+            process.pid, code, lived_s, delay_s,
+        )  # fmt: skip
+        self.restart_at[slot] = time.monotonic() + delay_s
 
 
 def main(argv: list[str] | None = None) -> int:

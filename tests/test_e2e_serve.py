@@ -134,6 +134,29 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all(canvas_png: Call
         assert not socket_inodes(port, LISTEN)
 
 
+def test_a_worker_that_keeps_dying_young_returns_later_each_time(canvas_png: Callable[[int], bytes]) -> None:
+    """A worker that crashes on every request must not spin a core on restarts; the others serve on."""
+    with supervisor(workers=2) as (process, port):
+        wait_for(lambda: ready(port), 60, "ready")
+        seen = set(children(process.pid))
+        victim = max(seen)
+        gaps = []
+        for _ in range(3):
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_for(lambda: bool(set(children(process.pid)) - seen), 30, "a new worker", interval_s=0.01)
+            gaps.append(time.monotonic() - killed_at)
+            (victim,) = set(children(process.pid)) - seen
+            seen.add(victim)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            assert predict(connection, canvas_png(0)) == 200  # the other worker
+            connection.close()
+        # RESTART_DELAYS_S: 0.5, 1 and 2 s for the first three deaths within a minute of a start.
+        assert gaps[0] >= 0.45, gaps
+        assert gaps[1] >= 0.95, gaps
+        assert 1.95 <= gaps[2] < 10, gaps
+
+
 @pytest.mark.parametrize(
     ("after_first_worker", "delay_s"),
     [(False, 0.2), (True, 0.0), (True, 0.002), (True, 0.004), (True, 0.01), (True, 1.0)],
