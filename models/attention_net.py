@@ -298,7 +298,7 @@ def upsample_to_input(grid: Tensor, input_height: int, input_width: int, stride:
     if input_height * input_width <= SEPARABLE_MAX_PIXELS:
         rows = interpolation_matrix(height, input_height, stride, grid.device)
         cols = interpolation_matrix(width, input_width, stride, grid.device)
-        return (rows @ grid @ cols.T).contiguous()  # cuBLAS may hand back a transposed layout
+        return (rows @ grid @ cols.T).contiguous()  # row-major, whatever layout matmul chose
     sample_grid = input_sample_grid(height, width, input_height, input_width, stride, grid.device)
     sampled = F.grid_sample(
         grid.unsqueeze(1),

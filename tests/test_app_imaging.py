@@ -199,7 +199,7 @@ def test_png_encoding_round_trips(size: tuple[int, int]) -> None:
     decoded = Image.open(io.BytesIO(encode_png(rgb)))
     assert decoded.mode == "RGB"
     assert np.array_equal(np.asarray(decoded), rgb)
-    transposed = heat.T  # a strided view, as a GPU's matrix product may hand back
+    transposed = heat.T  # a strided view: encode_png must not assume row-major input
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(transposed)))), transposed)
 
 
