@@ -37,6 +37,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from app.cuda_graphs import GraphedForward
 from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
@@ -103,6 +104,7 @@ class EngineConfig:
     amp_dtype: torch.dtype | None = None  # autocast dtype on the model's device; None runs float32
     channels_last: bool = True
     inline_max_seconds: float = 0.02  # CPU only: passes expected to be this short run on the event loop
+    cuda_graphs: bool = False  # CUDA only: replay same-size batches from graphs (app.cuda_graphs)
 
 
 def plan_groups(sizes: list[tuple[int, int]], max_batch_pixels: int) -> list[list[int]]:
@@ -165,6 +167,11 @@ class InferenceEngine:
             # Bitwise the same answers under bfloat16 and less CPU per pass
             # (bench/results/20261129-packed-convolutions-cpu.txt). Not measured on a GPU.
             prepare_cpu_convolutions(self.model, config.amp_dtype)
+        self._graphed = (
+            GraphedForward(self.model, config.amp_dtype, config.channels_last)
+            if device.type == "cuda" and config.cuda_graphs
+            else None
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -209,6 +216,12 @@ class InferenceEngine:
         sizes = [(image_size, image_size), (image_size + 3, image_size + 5)]  # the padded path too
         padded = [torch.zeros(h, w, channels, dtype=torch.uint8) for h, w in sizes]
         self.forward_batch(padded, [1, 1], [None, None])
+        if self._graphed is not None:
+            try:
+                self._graphed.capture(channels, image_size, image_size, max_batch_size)
+            except RuntimeError as exc:  # a driver or build that cannot record them: serve without
+                logger.warning("CUDA graphs not recorded, serving without them: %s", exc)
+                self._graphed = None
 
     # -- submission --------------------------------------------------------------------------------
     @contextmanager
@@ -387,8 +400,10 @@ class InferenceEngine:
             if self.config.amp_dtype is not None
             else nullcontext()
         )
-        with autocast:
-            output = self.model(x, input_size)
+        output = self._graphed(x) if self._graphed is not None and input_size is None else None
+        if output is None:
+            with autocast:
+                output = self.model(x, input_size)
         probabilities = torch.softmax(output.logits.float(), dim=1)
         scores, indices = probabilities.topk(max(top_ks), dim=1)
         sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]

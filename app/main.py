@@ -75,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         amp_dtype=choose_amp_dtype(settings.amp_dtype, device),
         channels_last=settings.channels_last,
         inline_max_seconds=settings.inline_forward_max_s(),
+        cuda_graphs=settings.cuda_graphs,
     )
     engine = InferenceEngine(model, card.preprocessing, device, engine_config, app.state.metrics)
     warm_size = max(settings.warmup_image_size, card.preprocessing.min_size)

@@ -7,6 +7,7 @@ Prints one JSON object. ``--model-dir`` and ``--image`` pick the model and the r
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import orjson
 import torch
+from PIL import Image
 
 from app.engine import EngineConfig, InferenceEngine, MapRequest
 from app.imaging import decode_image, heatmaps_to_uint8
@@ -47,13 +49,26 @@ def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, atten
 
 
 def build_predictor(
-    model_dir: Path, device: torch.device, batch: int, amp: Literal["auto"] | Precision = "auto"
+    model_dir: Path,
+    device: torch.device,
+    batch: int,
+    amp: Literal["auto"] | Precision = "auto",
+    cuda_graphs_size: int | None = None,
 ) -> Predictor:
-    """The service's predictor and engine for ``model_dir``, without the server around them."""
+    """The service's predictor and engine for ``model_dir``, without the server around them.
+
+    ``cuda_graphs_size``: on CUDA, warm up and record the engine's CUDA graphs for images of this side.
+    """
     model, card = load_model(model_dir, device)
     model.fuse_for_inference()
-    config = EngineConfig(max_batch_size=batch, amp_dtype=choose_amp_dtype(amp, device))
+    config = EngineConfig(
+        max_batch_size=batch,
+        amp_dtype=choose_amp_dtype(amp, device),
+        cuda_graphs=cuda_graphs_size is not None,
+    )
     engine = InferenceEngine(model, card.preprocessing, device, config, Metrics())
+    if cuda_graphs_size is not None:
+        asyncio.run(engine.warm_up(card.config.in_channels, cuda_graphs_size, batch))
     return Predictor(engine, card, Limits(1 << 26, 16, 10.0), pool=None)  # type: ignore[arg-type]
 
 
@@ -147,17 +162,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--amp", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--cuda-graphs", action="store_true", help="the engine's CUDA graphs (CUDA only)")
     args = parser.parse_args()
     device = torch.device(args.device)
     data = args.image.read_bytes()
-    predictor = build_predictor(args.model_dir, device, args.batch, args.amp)
+    graphs_size = None
+    if args.cuda_graphs:
+        with Image.open(args.image) as image:
+            if image.width != image.height:
+                parser.error("--cuda-graphs records square images only; the image is not square")
+            graphs_size = image.width
+    predictor = build_predictor(args.model_dir, device, args.batch, args.amp, graphs_size)
     engine, card = predictor.engine, predictor.card
     amp = engine.config.amp_dtype
     decoded = decode_image(data, card.preprocessing, 1 << 26, 16)
     x = normalize_pixels(torch.stack([decoded.pixels] * args.batch), card.preprocessing, device)
     x = x.contiguous(memory_format=torch.channels_last)
     cores = len(os.sched_getaffinity(0))
-    result: dict[str, Any] = {"batch": args.batch, "precision": engine.precision, "by_torch_threads": {}}
+    result: dict[str, Any] = {
+        "batch": args.batch,
+        "precision": engine.precision,
+        "cuda_graphs": graphs_size is not None,
+        "by_torch_threads": {},
+    }
     # The ceiling is the best of one thread and one per core: on a shared 2-core machine OpenMP's
     # barrier makes two threads slower whenever another process holds a core.
     for threads in sorted({args.threads} if args.threads else {1, cores}):
