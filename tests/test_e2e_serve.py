@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from serving import REPO_ROOT, free_port
 
+from app import serve
 from app.serve import parse_args
 from bench.connections import ESTABLISHED, LISTEN, children, listening_workers, socket_inodes
 
@@ -206,3 +208,29 @@ def test_workers_default_to_web_concurrency_and_must_be_positive(monkeypatch: py
     assert parse_args([]).workers == 1
     with pytest.raises(SystemExit):
         parse_args(["--workers", "0"])
+
+
+def test_restart_delays_grow_for_young_deaths_and_reset_after_a_stable_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The schedule itself, on a fake clock: waiting a minute per case in a real server is too slow."""
+    now = [1000.0]
+    monkeypatch.setattr(serve, "time", SimpleNamespace(monotonic=lambda: now[0]))  # this module's clock only
+    supervisor_ = serve.Supervisor(parse_args(["--workers", "2"]))
+    supervisor_.started_at = [now[0], now[0]]
+    supervisor_.quick_deaths = [0, 0]
+    dead = SimpleNamespace(pid=4242)
+
+    def die_after(lived_s: float, slot: int = 0) -> float:
+        now[0] += lived_s
+        supervisor_.schedule_restart(slot, dead, -9)  # type: ignore[arg-type]
+        delay = supervisor_.restart_at.pop(slot) - now[0]
+        supervisor_.started_at[slot] = now[0] + delay  # as start_worker would record it
+        now[0] += delay
+        return delay
+
+    assert [die_after(1.0) for _ in range(9)] == [*serve.RESTART_DELAYS_S, 30.0, 30.0]
+    assert die_after(serve.STABLE_AFTER_S) == 0.0  # a worker that ran a minute: at once, and forgiven
+    assert die_after(1.0) == serve.RESTART_DELAYS_S[0]
+    supervisor_.started_at[1] = now[0]  # slot 1's worker starts; slot 0's deaths do not count for it
+    assert die_after(1.0, slot=1) == serve.RESTART_DELAYS_S[0]
