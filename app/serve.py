@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from multiprocessing.context import BaseContext, ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -148,6 +149,16 @@ def run_worker(args: argparse.Namespace, group: WorkerGroup) -> None:
         sys.exit(STARTUP_FAILURE)
 
 
+@dataclass(slots=True)
+class WorkerSlot:
+    """One of the supervisor's workers, and its record of restarts."""
+
+    process: BaseProcess
+    started_at: float
+    quick_deaths: int = 0  # deaths in a row within STABLE_AFTER_S of a start
+    restart_at: float | None = None  # while it waits to start its next worker: when
+
+
 class Supervisor:
     """Starts the workers, passes stop signals on, and replaces a worker that dies while serving."""
 
@@ -161,14 +172,11 @@ class Supervisor:
             multiprocessing.get_context("fork") if self.forking else multiprocessing.get_context("spawn")
         )
         self.group = WorkerGroup(args.workers, self.context)
-        self.workers: list[BaseProcess] = []
-        self.started_at: list[float] = []
-        self.quick_deaths: list[int] = []  # per slot: deaths in a row within STABLE_AFTER_S of a start
-        self.restart_at: dict[int, float] = {}  # slot -> when its next worker starts
+        self.slots: list[WorkerSlot] = []
         self.stopping = False
 
-    def start_worker(self, slot: int | None = None) -> None:
-        """Start a worker into ``self.workers`` (appended, or replacing ``slot``).
+    def start_worker(self, slot: WorkerSlot | None = None) -> None:
+        """Start a worker in a new slot, or in ``slot`` in place of its dead one.
 
         The stop signals wait until it is listed, so that :meth:`stop` always reaches it.
         """
@@ -177,12 +185,9 @@ class Supervisor:
         try:
             process.start()
             if slot is None:
-                self.workers.append(process)
-                self.started_at.append(time.monotonic())
-                self.quick_deaths.append(0)
+                self.slots.append(WorkerSlot(process, time.monotonic()))
             else:
-                self.workers[slot] = process
-                self.started_at[slot] = time.monotonic()
+                slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
@@ -190,7 +195,7 @@ class Supervisor:
         # Always SIGTERM: after a terminal's Ctrl-C the workers have had SIGINT already, and uvicorn
         # takes a second SIGINT as "exit now" instead of draining.
         self.stopping = True
-        for process in self.workers:
+        for process in self.processes():
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 
@@ -211,43 +216,45 @@ class Supervisor:
             if not self.stopping:
                 self.start_worker()
         status = 0
-        while not self.stopping or any(process.is_alive() for process in self.workers):
+        while not self.stopping or any(process.is_alive() for process in self.processes()):
             time.sleep(0.1)
-            for i, process in enumerate(self.workers):
-                code = process.exitcode
+            for slot in self.slots:
                 if self.stopping:
                     break
-                if i in self.restart_at:
-                    if time.monotonic() >= self.restart_at[i]:
-                        del self.restart_at[i]
-                        self.start_worker(slot=i)
+                if slot.restart_at is not None:
+                    if time.monotonic() >= slot.restart_at:
+                        self.start_worker(slot)
                     continue
+                code = slot.process.exitcode
                 if code is None:
                     continue
                 if code == STARTUP_FAILURE:  # e.g. the model did not load: the next one would fail too
-                    logger.error("worker %d failed to start; stopping", process.pid)
+                    logger.error("worker %d failed to start; stopping", slot.process.pid)
                     status = code
                     self.stop()
                 else:  # killed (the OOM killer, say) or crashed: serve on with a new worker
-                    self.schedule_restart(i, process, code)
-        for process in self.workers:
+                    self.schedule_restart(slot, code)
+        for process in self.processes():
             process.join()
         return status
 
-    def schedule_restart(self, slot: int, process: BaseProcess, code: int) -> None:
+    def processes(self) -> list[BaseProcess]:
+        return [slot.process for slot in self.slots]
+
+    def schedule_restart(self, slot: WorkerSlot, code: int) -> None:
         """Start the slot's next worker now, or after a growing delay if its workers keep dying young."""
-        lived_s = time.monotonic() - self.started_at[slot]
+        lived_s = time.monotonic() - slot.started_at
         if lived_s >= STABLE_AFTER_S:
-            self.quick_deaths[slot] = 0
+            slot.quick_deaths = 0
             delay_s = 0.0
         else:
-            delay_s = RESTART_DELAYS_S[min(self.quick_deaths[slot], len(RESTART_DELAYS_S) - 1)]
-            self.quick_deaths[slot] += 1
+            delay_s = RESTART_DELAYS_S[min(slot.quick_deaths, len(RESTART_DELAYS_S) - 1)]
+            slot.quick_deaths += 1
         logger.error(
             "worker %d exited (%d) after %.1f s; starting another in %.1f s",
-            process.pid, code, lived_s, delay_s,
+            slot.process.pid, code, lived_s, delay_s,
         )  # fmt: skip
-        self.restart_at[slot] = time.monotonic() + delay_s
+        slot.restart_at = time.monotonic() + delay_s
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,20 +217,21 @@ def test_restart_delays_grow_for_young_deaths_and_reset_after_a_stable_run(
     now = [1000.0]
     monkeypatch.setattr(serve, "time", SimpleNamespace(monotonic=lambda: now[0]))  # this module's clock only
     supervisor_ = serve.Supervisor(parse_args(["--workers", "2"]))
-    supervisor_.started_at = [now[0], now[0]]
-    supervisor_.quick_deaths = [0, 0]
     dead = SimpleNamespace(pid=4242)
+    supervisor_.slots = [serve.WorkerSlot(dead, now[0]) for _ in range(2)]  # type: ignore[arg-type]
 
     def die_after(lived_s: float, slot: int = 0) -> float:
         now[0] += lived_s
-        supervisor_.schedule_restart(slot, dead, -9)  # type: ignore[arg-type]
-        delay = supervisor_.restart_at.pop(slot) - now[0]
-        supervisor_.started_at[slot] = now[0] + delay  # as start_worker would record it
+        supervisor_.schedule_restart(supervisor_.slots[slot], -9)
+        restart_at = supervisor_.slots[slot].restart_at
+        assert restart_at is not None
+        delay = restart_at - now[0]
+        supervisor_.slots[slot].started_at = now[0] + delay  # as start_worker would record it
         now[0] += delay
         return delay
 
     assert [die_after(1.0) for _ in range(9)] == [*serve.RESTART_DELAYS_S, 30.0, 30.0]
     assert die_after(serve.STABLE_AFTER_S) == 0.0  # a worker that ran a minute: at once, and forgiven
     assert die_after(1.0) == serve.RESTART_DELAYS_S[0]
-    supervisor_.started_at[1] = now[0]  # slot 1's worker starts; slot 0's deaths do not count for it
+    supervisor_.slots[1].started_at = now[0]  # slot 1's worker starts; slot 0's deaths do not count for it
     assert die_after(1.0, slot=1) == serve.RESTART_DELAYS_S[0]
