@@ -37,7 +37,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from app.cuda_graphs import GraphedForward
+from app.cuda_graphs import GraphedBatch
 from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
@@ -107,6 +107,12 @@ class EngineConfig:
     cuda_graphs: bool = False  # CUDA only: replay same-size batches from graphs (app.cuda_graphs)
 
 
+def rank_classes(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Every class's softmax probability, best first, with the class indices; ties keep class order."""
+    ranked = torch.softmax(logits.float(), dim=1).sort(dim=1, descending=True, stable=True)
+    return ranked.values, ranked.indices
+
+
 def plan_groups(sizes: list[tuple[int, int]], max_batch_pixels: int) -> list[list[int]]:
     """Split a batch into groups that are cheap to pad together, returning indices into ``sizes``.
 
@@ -168,7 +174,7 @@ class InferenceEngine:
             # (bench/results/20261129-packed-convolutions-cpu.txt). Not measured on a GPU.
             prepare_cpu_convolutions(self.model, config.amp_dtype)
         self._graphed = (
-            GraphedForward(self.model, config.amp_dtype, config.channels_last)
+            GraphedBatch[MapKind](self._same_size_work, device, config.channels_last)
             if device.type == "cuda" and config.cuda_graphs
             else None
         )
@@ -217,8 +223,11 @@ class InferenceEngine:
         padded = [torch.zeros(h, w, channels, dtype=torch.uint8) for h, w in sizes]
         self.forward_batch(padded, [1, 1], [None, None])
         if self._graphed is not None:
+            variants: list[MapKind | None] = [None]
+            if image_size * image_size <= RENDER_IN_BATCH_MAX_PIXELS:
+                variants += ["evidence", "attention"]
             try:
-                self._graphed.capture(channels, image_size, image_size, max_batch_size)
+                self._graphed.capture(channels, image_size, image_size, max_batch_size, variants)
             except RuntimeError as exc:  # a driver or build that cannot record them: serve without
                 logger.warning("CUDA graphs not recorded, serving without them: %s", exc)
                 self._graphed = None
@@ -393,49 +402,111 @@ class InferenceEngine:
         directly, to time the same work without HTTP.
         """
         x, input_size = self._collate(images)
-        wants_maps = any(request is not None for request in map_requests)
-        requested = self._requested_targets(map_requests) if wants_maps else None
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.config.amp_dtype)
-            if self.config.amp_dtype is not None
-            else nullcontext()
-        )
-        output = self._graphed(x) if self._graphed is not None and input_size is None else None
-        if output is None:
-            with autocast:
-                output = self.model(x, input_size)
-        probabilities = torch.softmax(output.logits.float(), dim=1)
-        scores, indices = probabilities.topk(max(top_ks), dim=1)
+        kinds = {request.kind for request in map_requests if request is not None}
+        requested = self._requested_targets(map_requests) if kinds else None
         sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
+        height, width = sizes[0]
+        if (
+            input_size is None
+            and len(kinds) <= 1
+            and (not kinds or height * width <= RENDER_IN_BATCH_MAX_PIXELS)
+        ):
+            kind = next(iter(kinds), None)
+            work = self._graphed(x, requested, kind) if self._graphed is not None else None
+            if work is None:
+                work = self._same_size_work(x, requested, kind)
+            scores, indices, *map_outputs = self._to_host(*work)
+            predictions = self._predictions(scores, indices, top_ks)
+            if map_outputs:
+                targets, grids, heats = map_outputs
+                for i, (request, target, heat) in enumerate(
+                    zip(map_requests, targets.tolist(), heats.numpy(), strict=True)
+                ):
+                    if request is not None:
+                        predictions[i].target = target
+                        predictions[i].grid = grids[i]
+                        predictions[i].heat = heat
+            return predictions
+        return self._mixed_work(x, input_size, requested, sizes, top_ks, map_requests)
+
+    def _same_size_work(
+        self, x: Tensor, requested: Tensor | None, kind: MapKind | None
+    ) -> tuple[Tensor, ...]:
+        """The device work of a batch of images of one size, none padded, wanting one kind of map or none.
+
+        What the CUDA graphs record (:class:`~app.cuda_graphs.GraphedBatch`), and what runs eagerly
+        without them: the forward pass, the classes ranked by probability and, with a map, each image's
+        target class, its map over the feature grid and its heat image.
+
+        Returns:
+            scores and indices (B, K), best first; with a map also targets (B,), grids (B, h, w) float32
+            and heat images (B, H, W) uint8.
+        """
+        with self._autocast():
+            output = self.model(x)
+        scores, indices = rank_classes(output.logits)
+        if kind is None:
+            return scores, indices
+        assert requested is not None
+        targets = torch.where(requested >= 0, requested, indices[:, 0])
+        grids = (output.evidence(targets) if kind == "evidence" else output.attention).float()
+        heats = render_heatmaps(grids, x.shape[-2], x.shape[-1], self.model.config.feature_stride)
+        return scores, indices, targets, grids, heats
+
+    def _mixed_work(
+        self,
+        x: Tensor,
+        input_size: Tensor | None,
+        requested: Tensor | None,
+        sizes: list[tuple[int, int]],
+        top_ks: list[int],
+        map_requests: list[MapRequest | None],
+    ) -> list[Prediction]:
+        """Predictions for a padded batch, or one wanting both kinds of map or maps of large images."""
+        with self._autocast():
+            output = self.model(x, input_size)
+        scores, indices = rank_classes(output.logits)
         if requested is None:
             scores, indices = self._to_host(scores, indices)
-        else:
-            targets = torch.where(requested >= 0, requested, indices[:, 0])
-            kinds = {request.kind for request in map_requests if request is not None}
-            empty = targets.new_zeros(0)
-            maps: dict[MapKind, Tensor] = {
-                "evidence": output.evidence(targets).float() if "evidence" in kinds else empty,
-                "attention": output.attention.float() if "attention" in kinds else empty,
-            }
-            groups = self._render_groups(maps, map_requests, sizes)
-            scores, indices, targets, maps["evidence"], maps["attention"], *heats = self._to_host(
-                scores, indices, targets, maps["evidence"], maps["attention"], *(heat for _, heat in groups)
-            )
-        scores_list, indices_list = scores.tolist(), indices.tolist()
-        predictions = [
+            return self._predictions(scores, indices, top_ks)
+        targets = torch.where(requested >= 0, requested, indices[:, 0])
+        kinds = {request.kind for request in map_requests if request is not None}
+        empty = targets.new_zeros(0)
+        maps: dict[MapKind, Tensor] = {
+            "evidence": output.evidence(targets).float() if "evidence" in kinds else empty,
+            "attention": output.attention.float() if "attention" in kinds else empty,
+        }
+        groups = self._render_groups(maps, map_requests, sizes)
+        scores, indices, targets, maps["evidence"], maps["attention"], *heats = self._to_host(
+            scores, indices, targets, maps["evidence"], maps["attention"], *(heat for _, heat in groups)
+        )
+        predictions = self._predictions(scores, indices, top_ks)
+        for i, (request, target) in enumerate(zip(map_requests, targets.tolist(), strict=True)):
+            if request is not None:
+                grid_height, grid_width = self._grid_size(sizes[i])
+                predictions[i].target = target
+                predictions[i].grid = maps[request.kind][i, :grid_height, :grid_width]
+        for (members, _), heat in zip(groups, heats, strict=True):
+            for i, image_heat in zip(members, heat.numpy(), strict=True):
+                predictions[i].heat = image_heat
+        return predictions
+
+    @staticmethod
+    def _predictions(scores: Tensor, indices: Tensor, top_ks: list[int]) -> list[Prediction]:
+        """Each image's top-k from the host copies of the whole ranking."""
+        most = max(top_ks)
+        scores_list, indices_list = scores[:, :most].tolist(), indices[:, :most].tolist()
+        return [
             Prediction(index_row[:k], score_row[:k])
             for index_row, score_row, k in zip(indices_list, scores_list, top_ks, strict=True)
         ]
-        if requested is not None:
-            for i, (request, target) in enumerate(zip(map_requests, targets.tolist(), strict=True)):
-                if request is not None:
-                    grid_height, grid_width = self._grid_size(sizes[i])
-                    predictions[i].target = target
-                    predictions[i].grid = maps[request.kind][i, :grid_height, :grid_width]
-            for (members, _), heat in zip(groups, heats, strict=True):
-                for i, image_heat in zip(members, heat.numpy(), strict=True):
-                    predictions[i].heat = image_heat
-        return predictions
+
+    def _autocast(self) -> torch.autocast | nullcontext[None]:
+        """Autocast to the configured dtype on the model's device, with no cache of cast weights: a CUDA
+        graph cannot keep a cast made while it was recorded, and each weight is used once a pass."""
+        if self.config.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.config.amp_dtype, cache_enabled=False)
 
     def _requested_targets(self, map_requests: list[MapRequest | None]) -> Tensor:
         """Each map's requested class on the device, -1 for "the top class"; sent before the forward

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import EngineConfig, InferenceEngine, MapRequest, plan_groups
+from app.engine import EngineConfig, InferenceEngine, MapKind, MapRequest, plan_groups, rank_classes
 from app.errors import DeadlineExceeded, Overloaded
 from app.imaging import render_heatmaps
 from app.metrics import Metrics
@@ -118,6 +118,41 @@ async def test_heat_images_of_a_mixed_batch_render_each_image_s_own_map(engine: 
         assert prediction.target == (request.target if request.target is not None else prediction.indices[0])
         if request.kind == "attention":
             assert float(prediction.grid.sum()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["evidence", "attention"])
+def test_a_same_size_batch_answers_as_the_padded_path(kind: MapKind) -> None:
+    """Same-size batches wanting one kind of map run as one unit of device work (the one CUDA graphs
+    record); with a smaller image beside them, the same images take the general, padded path."""
+    engine = make_engine()
+    images = random_images([(60, 60)] * 4, seed=5)
+    requests = [MapRequest(kind), None, MapRequest(kind, target=2), MapRequest(kind)]
+    same_size = engine.forward_batch(images, [10, 3, 1, 10], requests)
+    padded = engine.forward_batch([*images, *random_images([(57, 50)])], [10, 3, 1, 10, 1], [*requests, None])
+    for request, fast, general in zip(requests, same_size, padded[:4], strict=True):
+        assert fast.indices == general.indices
+        assert fast.scores == pytest.approx(general.scores, abs=1e-5)
+        assert len(fast.indices) == len(fast.scores)
+        assert fast.target == general.target
+        if request is None:
+            assert fast.grid is None
+            assert fast.heat is None
+            continue
+        assert fast.target == (request.target if request.target is not None else fast.indices[0])
+        assert fast.grid is not None
+        assert general.grid is not None
+        assert fast.grid.shape == general.grid.shape == (15, 15)
+        assert torch.allclose(fast.grid, general.grid, atol=1e-5)
+        assert fast.heat is not None
+        assert general.heat is not None
+        assert np.abs(fast.heat.astype(int) - general.heat.astype(int)).max() <= 1
+    assert [len(p.indices) for p in same_size] == [10, 3, 1, 10]
+
+
+def test_ties_rank_in_class_order() -> None:
+    scores, indices = rank_classes(torch.tensor([[0.0, 2.0, 0.0, 2.0, -1.0]]))
+    assert indices.tolist() == [[1, 3, 0, 2, 4]]
+    assert scores.sum().item() == pytest.approx(1.0)
 
 
 @pytest.mark.skipif(not can_pack(), reason="this PyTorch build has no oneDNN fused convolution")
