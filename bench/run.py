@@ -339,6 +339,7 @@ def in_process(args: argparse.Namespace, model_dir: Path, image: Path, batch: in
         args.device,
         "--batch",
         str(batch),
+        *(["--cuda-graphs"] if args.device == "cuda" else []),  # as the service does by default
     ]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])

@@ -1,10 +1,13 @@
-"""CUDA graphs (``GLIMPSE_CUDA_GRAPHS``) against the eager forward pass, on a GPU: same answers, no
-implicit host synchronisation, and the host time of ``forward_batch`` per batch.
+"""CUDA graphs (``GLIMPSE_CUDA_GRAPHS``) against the eager pass, on a GPU: same answers, no implicit
+host synchronisation, the GPU memory the graphs take, and the host time of ``forward_batch`` per batch.
 
 Two engines serve the bundled model, one with graphs recorded for 60×60 images and one without.
-Answers are compared on batches of 1, 3, 8 and 32 random 60×60 canvases with evidence maps, and on a
-padded batch of mixed sizes (which runs eagerly in both). Then each engine's ``forward_batch`` is
-timed, alternating, for batches of 1, 8 and 32, predictions and maps; the median of seven timings.
+Answers are compared on batches of 1, 3, 8 and 32 random 60×60 canvases with evidence maps, with
+attention maps, and without maps; on a batch where only some images want a map, with a requested
+class; and on a padded batch of mixed sizes (which runs eagerly in both). The graphs share one memory
+pool, so the comparisons run twice in turn, each replay between other graphs' replays. Then each
+engine's ``forward_batch`` is timed, alternating, for batches of 1, 8 and 32, predictions and maps;
+the median of seven timings.
 
     python -m bench.gpu.graphs_check
 """
@@ -28,11 +31,20 @@ SIZE = 60
 
 
 def engine(cuda_graphs: bool) -> InferenceEngine:
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_reserved()
     model, card = load_model(DEFAULT_MODEL_DIR, "cuda")
     config = EngineConfig(amp_dtype=torch.bfloat16, cuda_graphs=cuda_graphs)
     device = torch.device("cuda")
     built = InferenceEngine(model.fuse_for_inference(), card.preprocessing, device, config, Metrics())
+    started = time.perf_counter()
     asyncio.run(built.warm_up(card.config.in_channels, SIZE, config.max_batch_size))
+    torch.cuda.synchronize()
+    print(
+        f"engine, graphs {'on' if cuda_graphs else 'off'}: warm-up {time.perf_counter() - started:.2f} s, "
+        f"GPU memory reserved {(torch.cuda.memory_reserved() - before) / 2**20:.0f} MiB",
+        flush=True,
+    )
     return built
 
 
@@ -43,19 +55,26 @@ def canvases(count: int, seed: int, sizes: list[tuple[int, int]] | None = None) 
 
 
 def compare(name: str, eager: list[Prediction], graphed: list[Prediction]) -> None:
-    top1 = sum(e.indices[0] == g.indices[0] for e, g in zip(eager, graphed, strict=True))
+    top1 = sum(
+        e.indices[0] == g.indices[0] and e.target == g.target for e, g in zip(eager, graphed, strict=True)
+    )
     score = max(
         abs(a - b)
         for e, g in zip(eager, graphed, strict=True)
         for a, b in zip(e.scores, g.scores, strict=True)
     )
     heat = max(
-        int(np.abs(e.heat.astype(int) - g.heat.astype(int)).max())
-        for e, g in zip(eager, graphed, strict=True)
-        if e.heat is not None and g.heat is not None
+        (
+            int(np.abs(e.heat.astype(int) - g.heat.astype(int)).max())
+            for e, g in zip(eager, graphed, strict=True)
+            if e.heat is not None and g.heat is not None
+        ),
+        default=0,
     )
+    maps = sum(e.heat is not None for e in eager), sum(g.heat is not None for g in graphed)
     print(
-        f"{name}: top-1 equal {top1}/{len(eager)}, largest score difference {score:.2e}, "
+        f"{name}: top-1 and target equal {top1}/{len(eager)}, maps {maps[0]}/{maps[1]}, "
+        f"largest score difference {score:.2e}, "
         f"largest heat difference {heat} levels",
         flush=True,
     )
@@ -78,15 +97,29 @@ def main() -> None:
     torch.set_num_threads(1)
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
     eager, graphed = engine(False), engine(True)
+    assert graphed._graphed is not None
+    split = [key[0] for key, plan in graphed._graphed.plans.items() if key[4] is None and len(plan) > 1]
+    print(f"batch sizes split rather than padded (predictions): {split or 'none'}", flush=True)
     maps = MapRequest("evidence")
+    some: list[MapRequest | None] = [MapRequest("attention"), None, MapRequest("attention", target=4)]
+    cases: list[tuple[str, list[torch.Tensor], list[MapRequest | None]]] = []
     for count in (1, 3, 8, 32):
         images = canvases(count, seed=count)
-        compare(
-            f"batch {count}",
-            *(e.forward_batch(images, [3] * count, [maps] * count) for e in (eager, graphed)),
-        )
+        cases += [
+            (f"batch {count}, evidence", images, [maps] * count),
+            (f"batch {count}, attention", images, [MapRequest("attention")] * count),
+            (f"batch {count}, no maps", images, [None] * count),
+        ]
+    cases.append(("batch 5, some attention maps", canvases(5, seed=5), some + some[:2]))
     padded = canvases(4, seed=99, sizes=[(60, 60), (64, 61), (57, 70), (60, 60)])
-    compare("padded batch", *(e.forward_batch(padded, [3] * 4, [maps] * 4) for e in (eager, graphed)))
+    cases.append(("padded batch", padded, [maps] * 4))
+    for round_ in (1, 2):
+        for name, images, requests in cases:
+            top_ks = [10] * len(images)
+            compare(
+                f"round {round_}, {name}",
+                *(e.forward_batch(images, top_ks, requests) for e in (eager, graphed)),
+            )
     torch.cuda.set_sync_debug_mode("error")
     try:
         graphed.forward_batch(canvases(8, seed=1), [3] * 8, [maps] * 8)
