@@ -125,6 +125,26 @@ def pss_mib(pid: int) -> float:
     return _sum_field(pid, "smaps_rollup", "Pss:")
 
 
+def gpu_mib_used() -> float | None:
+    """Memory in use on GPU 0, every process's together, in MiB (``nvidia-smi``); None without one.
+
+    Device-wide, since inside a container nvidia-smi may not list a process's own usage: the servers
+    subtract what was in use before they started.
+    """
+    query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id=0"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout
+        return float(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def gpu_mib_since(baseline: float | None) -> dict[str, float]:
+    """``{"gpu_mib": …}``: GPU memory in use now beyond ``baseline``; empty without a GPU."""
+    used = gpu_mib_used()
+    return {} if used is None or baseline is None else {"gpu_mib": used - baseline}
+
+
 def _sum_field(pid: int, file: str, field: str) -> float:
     total = 0
     for p in process_tree(pid):
@@ -160,6 +180,7 @@ def glimpse_server(env: dict[str, str], port: int, workers: int = 1) -> Iterator
     # app.serve: with several workers each listens on a socket of its own (SO_REUSEPORT).
     command = [PY, "-m", "app.serve", "--port", str(port), "--log-level", "warning"]
     command += ["--workers", str(workers)]
+    gpu_baseline = gpu_mib_used()
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
@@ -169,6 +190,8 @@ def glimpse_server(env: dict[str, str], port: int, workers: int = 1) -> Iterator
             "ready_s": ready_s,
             "rss_mib_after_ready": rss_mib(process.pid),
             "pss_mib_after_ready": pss_mib(process.pid),
+            **{f"{key}_after_ready": value for key, value in gpu_mib_since(gpu_baseline).items()},
+            **({"gpu_baseline": gpu_baseline} if gpu_baseline is not None else {}),
             "base": f"http://127.0.0.1:{port}",
             "paths": {"/predict": "/predict", "/attention-map": "/attention-map"},
             "pid": process.pid,
@@ -190,6 +213,10 @@ def serve_glimpse(
             **server,
             "rss_mib_after_load": rss_mib(pid),
             "pss_mib_after_load": pss_mib(pid),
+            **{
+                f"{key}_after_load": value
+                for key, value in gpu_mib_since(server.pop("gpu_baseline", None)).items()
+            },
             "runs": runs,
         }
 
@@ -277,6 +304,7 @@ def torchserve_server(
         "--model-store",
         str(work / "store"),
     ]
+    gpu_baseline = gpu_mib_used()
     process = subprocess.Popen(
         command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -309,6 +337,8 @@ def torchserve_server(
             "ready_s": ready_s,
             "rss_mib_after_ready": rss_mib(process.pid),
             "pss_mib_after_ready": pss_mib(process.pid),
+            **{f"{key}_after_ready": value for key, value in gpu_mib_since(gpu_baseline).items()},
+            **({"gpu_baseline": gpu_baseline} if gpu_baseline is not None else {}),
             "base": base,
             "paths": {"/predict": "/predictions/glimpse", "/attention-map": "/explanations/glimpse"},
         }
@@ -323,7 +353,10 @@ def serve_torchserve(
     with torchserve_server(args, model_dir, port, variant) as server:
         paths = {e: p for e, p in server.pop("paths").items() if e in args.endpoints}
         base = server.pop("base")
-        return {**server, "runs": load("torchserve", base, paths, args, image)}
+        gpu_baseline = server.pop("gpu_baseline", None)
+        runs = load("torchserve", base, paths, args, image)
+        after_load = {f"{key}_after_load": value for key, value in gpu_mib_since(gpu_baseline).items()}
+        return {**server, **after_load, "runs": runs}
 
 
 def in_process(args: argparse.Namespace, model_dir: Path, image: Path, batch: int) -> dict[str, Any]:
