@@ -1,8 +1,9 @@
 """CUDA graphs of a batch's device work (``GLIMPSE_CUDA_GRAPHS``): the same answers as the eager pass.
 
-The graphs exist on CUDA only; on a CPU the setting changes nothing, which the first test checks.
-The others run where a GPU is present (``bench/gpu/graphs_check.py`` runs the same comparison and
-times it on the GPU host).
+The graphs exist on CUDA only; on a CPU the setting changes nothing, which the first test checks. The
+plans (pad a batch to one graph, or split it over several) are plain arithmetic and tested everywhere.
+The rest run where a GPU is present (``bench/gpu/graphs_check.py`` runs the same comparison and times
+it on the GPU host).
 """
 
 from __future__ import annotations
