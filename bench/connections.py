@@ -32,8 +32,14 @@ def process_inodes(pid: int) -> set[str]:
 
 
 def children(pid: int) -> list[int]:
-    tasks = Path(f"/proc/{pid}/task").iterdir()
-    return [int(child) for task in tasks for child in (task / "children").read_text().split()]
+    """The child processes of every thread of ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:  # the thread ended since it was listed
+            continue
+    return found
 
 
 def listening_workers(parent: int, port: int) -> dict[int, set[str]]:
