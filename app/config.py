@@ -85,10 +85,12 @@ class Settings(BaseSettings):
     )
     cuda_graphs: bool = Field(
         True,
-        description="On CUDA, record the forward pass of each batch size bucket (1, 2, 4, … "
-        "max_batch_size) at warmup_image_size as a CUDA graph at start-up and replay it for batches of "
-        "that image size: one launch instead of dozens, the same answers. Other sizes run as without "
-        "it. No effect on a CPU.",
+        description="On CUDA, record a batch's whole GPU work (forward pass, class ranking, maps and "
+        "heat images) for each batch size bucket (1, 2, 4, … max_batch_size) at warmup_image_size as "
+        "CUDA graphs at start-up, and replay them for batches of that image size, padded to one graph "
+        "or split over several as their start-up timings say is quicker: one launch instead of dozens, "
+        "the same answers. Other sizes, padded batches and batches wanting both kinds of map run as "
+        "without it. No effect on a CPU.",
     )
     memory_trim_interval_s: float | None = Field(
         None,
