@@ -139,10 +139,10 @@ def gpu_mib_used() -> float | None:
         return None
 
 
-def gpu_mib_since(baseline: float | None) -> dict[str, float]:
-    """``{"gpu_mib": …}``: GPU memory in use now beyond ``baseline``; empty without a GPU."""
+def gpu_mib_since(baseline: float | None, when: str) -> dict[str, float]:
+    """``{"gpu_mib_after_<when>": …}``: GPU memory in use now beyond ``baseline``; empty without a GPU."""
     used = gpu_mib_used()
-    return {} if used is None or baseline is None else {"gpu_mib": used - baseline}
+    return {} if used is None or baseline is None else {f"gpu_mib_after_{when}": used - baseline}
 
 
 def _sum_field(pid: int, file: str, field: str) -> float:
@@ -190,8 +190,8 @@ def glimpse_server(env: dict[str, str], port: int, workers: int = 1) -> Iterator
             "ready_s": ready_s,
             "rss_mib_after_ready": rss_mib(process.pid),
             "pss_mib_after_ready": pss_mib(process.pid),
-            **{f"{key}_after_ready": value for key, value in gpu_mib_since(gpu_baseline).items()},
-            **({"gpu_baseline": gpu_baseline} if gpu_baseline is not None else {}),
+            "gpu_mib_before": gpu_baseline,
+            **gpu_mib_since(gpu_baseline, "ready"),
             "base": f"http://127.0.0.1:{port}",
             "paths": {"/predict": "/predict", "/attention-map": "/attention-map"},
             "pid": process.pid,
@@ -213,10 +213,7 @@ def serve_glimpse(
             **server,
             "rss_mib_after_load": rss_mib(pid),
             "pss_mib_after_load": pss_mib(pid),
-            **{
-                f"{key}_after_load": value
-                for key, value in gpu_mib_since(server.pop("gpu_baseline", None)).items()
-            },
+            **gpu_mib_since(server["gpu_mib_before"], "load"),
             "runs": runs,
         }
 
@@ -337,8 +334,8 @@ def torchserve_server(
             "ready_s": ready_s,
             "rss_mib_after_ready": rss_mib(process.pid),
             "pss_mib_after_ready": pss_mib(process.pid),
-            **{f"{key}_after_ready": value for key, value in gpu_mib_since(gpu_baseline).items()},
-            **({"gpu_baseline": gpu_baseline} if gpu_baseline is not None else {}),
+            "gpu_mib_before": gpu_baseline,
+            **gpu_mib_since(gpu_baseline, "ready"),
             "base": base,
             "paths": {"/predict": "/predictions/glimpse", "/attention-map": "/explanations/glimpse"},
         }
@@ -353,10 +350,8 @@ def serve_torchserve(
     with torchserve_server(args, model_dir, port, variant) as server:
         paths = {e: p for e, p in server.pop("paths").items() if e in args.endpoints}
         base = server.pop("base")
-        gpu_baseline = server.pop("gpu_baseline", None)
         runs = load("torchserve", base, paths, args, image)
-        after_load = {f"{key}_after_load": value for key, value in gpu_mib_since(gpu_baseline).items()}
-        return {**server, **after_load, "runs": runs}
+        return {**server, **gpu_mib_since(server["gpu_mib_before"], "load"), "runs": runs}
 
 
 def in_process(args: argparse.Namespace, model_dir: Path, image: Path, batch: int) -> dict[str, Any]:
