@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.memory import TRIM_INTERVAL_S
@@ -117,7 +117,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.max_images_per_request > self.max_queue_size:
-            raise ValueError("max_images_per_request must not exceed max_queue_size")
+            raise ValueError(
+                f"GLIMPSE_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
+                f"GLIMPSE_MAX_QUEUE_SIZE ({self.max_queue_size})"
+            )
         return self
 
     def trim_interval_s(self, device_type: str) -> float:
@@ -149,3 +152,24 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings from the environment, read once; tests pass their own ``Settings`` to ``create_app``."""
     return Settings()
+
+
+def describe_invalid_settings(error: ValidationError) -> str:
+    """One line per setting that did not validate, named as the operator sets it.
+
+    pydantic's own text names fields (``max_batch_size``) and ends each entry with a documentation
+    link; an operator sets ``GLIMPSE_MAX_BATCH_SIZE``.
+    """
+    lines = []
+    for entry in error.errors(include_url=False):
+        message = str(entry["msg"]).removeprefix("Value error, ")
+        field = str(entry["loc"][0]) if entry["loc"] else ""
+        info = Settings.model_fields.get(field)
+        if info is None:  # a check across fields (the model validator), whose message names them
+            lines.append(message)
+            continue
+        alias = info.validation_alias
+        name = alias if isinstance(alias, str) else f"GLIMPSE_{field.upper()}"
+        shown = f" (got {entry['input']!r})" if isinstance(entry["input"], str) else ""
+        lines.append(f"{name}: {message}{shown}")
+    return "\n".join(lines)

@@ -34,6 +34,9 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
+
+from app.config import Settings, describe_invalid_settings
 
 APP = "app.main:app"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
@@ -53,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        default=None,
         help="worker processes (default: WEB_CONCURRENCY, else 1)",
     )
     parser.add_argument("--log-level", default="info")
@@ -61,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-server-header", dest="server_header", action="store_false")
     parser.add_argument("--timeout-graceful-shutdown", type=int, default=None, metavar="SECONDS")
     args = parser.parse_args(argv)
+    if args.workers is None:
+        environment = os.environ.get("WEB_CONCURRENCY", "1")
+        if not environment.strip().isdigit():
+            parser.error(f"WEB_CONCURRENCY must be a whole number of workers, not {environment!r}")
+        args.workers = int(environment)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     return args
@@ -208,10 +216,6 @@ class Supervisor:
             # After the variable above: importing app.main reads the settings. Nothing here touches
             # CUDA or starts torch's thread pools, which a forked child could not use.
             import app.main  # noqa: F401
-        else:
-            from app.config import get_settings
-
-            get_settings()  # a setting that does not validate stops the service here, once
         for _ in range(self.args.workers):
             if not self.stopping:
                 self.start_worker()
@@ -260,6 +264,13 @@ class Supervisor:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s", level=args.log_level.upper())
+    try:
+        # Uncached: the cached settings must be read after Supervisor.run sets WEB_CONCURRENCY.
+        Settings()
+    except ValidationError as error:
+        # Here, once: every worker would fail the same way, and be started again, forever.
+        logger.error("invalid settings, not starting:\n%s", describe_invalid_settings(error))
+        return 1
     if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
         return Supervisor(args).run()
     # uvicorn.run exits with STARTUP_FAILURE itself when the app cannot start.

@@ -200,6 +200,44 @@ def test_a_setting_that_does_not_validate_stops_the_service_at_once() -> None:
         assert process.wait(30) == 1
 
 
+INVALID_SETTINGS = [
+    (
+        {"GLIMPSE_LOG_LEVEL": "verbose", "GLIMPSE_MAX_BATCH_SIZE": "0"},
+        [
+            "GLIMPSE_MAX_BATCH_SIZE: Input should be greater than or equal to 1 (got '0')",
+            "GLIMPSE_LOG_LEVEL: Input should be 'critical', 'error', 'warning', 'info' or 'debug'"
+            " (got 'verbose')",
+        ],
+    ),
+    (
+        {"GLIMPSE_MAX_IMAGES_PER_REQUEST": "2000"},
+        ["GLIMPSE_MAX_IMAGES_PER_REQUEST (2000) must not exceed GLIMPSE_MAX_QUEUE_SIZE (1024)"],
+    ),
+]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("settings", "expected"), INVALID_SETTINGS)
+def test_invalid_settings_are_named_as_the_operator_set_them_without_a_traceback(
+    workers: int, settings: dict[str, str], expected: list[str]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "WEB_CONCURRENCY"}
+    command = [sys.executable, "-m", "app.serve", "--port", str(free_port()), "--workers", str(workers)]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env | settings, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    header = "ERROR:     glimpse.serve: invalid settings, not starting:"
+    assert done.stderr.splitlines() == [header, *expected]
+
+
+def test_a_web_concurrency_that_is_not_a_number_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "two")
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([])
+    assert exit_.value.code == 2
+
+
 def test_workers_default_to_web_concurrency_and_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     assert parse_args([]).workers == 3
