@@ -103,7 +103,8 @@ def test_sigterm_under_load_drains_in_flight_requests_and_exits_0() -> None:
         server.process.send_signal(signal.SIGTERM)
         readiness = []
         while time.monotonic() < sigterm_at + drain_s - 0.4:
-            readiness.append(httpx.get(f"{server.url}/health/ready", timeout=5).status_code)
+            probe = httpx.get(f"{server.url}/health/ready", timeout=5)
+            readiness.append((probe.status_code, probe.json().get("error", {}).get("message")))
             time.sleep(0.05)
         stop.set()
         # In flight when the drain ends and uvicorn starts shutting down:
@@ -115,7 +116,7 @@ def test_sigterm_under_load_drains_in_flight_requests_and_exits_0() -> None:
         exit_code = server.process.wait(timeout=30)
         output = server.output()
     assert readiness
-    assert set(readiness) == {503}, readiness
+    assert set(readiness) == {(503, "the service is shutting down")}, readiness
     assert all(status == 200 for _, status, _ in results), results
     slow_done = [at for kind, _, at in results if kind == "slow"]
     assert len(slow_done) == 2

@@ -26,7 +26,9 @@ async def live() -> dict[str, str]:
 async def ready(request: Request) -> dict[str, str]:
     """200 once the model is loaded and warm in every worker; 503 before that and while shutting down."""
     state = request.app.state
-    if not state.ready or state.draining:
+    if state.draining:
+        raise ModelNotReady("the service is shutting down", headers={"Retry-After": "1"})
+    if not state.ready:
         raise ModelNotReady("the model is not ready", headers={"Retry-After": "1"})
     group: WorkerGroup | None = state.worker_group
     if group is not None and not group.all_listening():
