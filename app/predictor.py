@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from app.engine import InferenceEngine, MapKind, MapRequest, Prediction
-from app.errors import DeadlineExceeded, InvalidParameter
+from app.errors import DeadlineExceeded, GlimpseError, InvalidParameter
 from app.imaging import (
     Colormap,
     DecodedImage,
@@ -109,13 +109,21 @@ class Predictor:
     async def _infer(
         self, images: list[bytes], top_k: int, map_request: MapRequest | None, keep_rgb: bool, deadline: float
     ) -> tuple[list[DecodedImage], list[Prediction]]:
-        with self.engine.expecting(len(images)):  # refuses a burst before any decoding
+        count = len(images)
+        with self.engine.expecting(count):  # refuses a burst before any decoding
             opened = [
-                open_image(data, self.limits.max_image_pixels, self.limits.min_image_size) for data in images
+                _for_image(
+                    index, count, open_image, data, self.limits.max_image_pixels, self.limits.min_image_size
+                )
+                for index, data in enumerate(images)
             ]
             convert = partial(convert_image, spec=self.card.preprocessing, keep_rgb=keep_rgb)
             pixel_counts = [image.width * image.height for image in opened]
-            decoded = await self._map_images(convert, opened, pixel_counts)
+            decoded = await self._map_images(
+                lambda item: _for_image(item[0], count, convert, item[1]),
+                list(enumerate(opened)),
+                pixel_counts,
+            )
         predictions = await self.engine.predict([d.pixels for d in decoded], top_k, map_request, deadline)
         return decoded, predictions
 
@@ -190,6 +198,20 @@ class _Deadline:
             await self._timeout.__aexit__(exc_type, exc, traceback)
         except TimeoutError as timeout:
             raise DeadlineExceeded("the request did not finish within its deadline") from timeout
+
+
+def _for_image(index: int, count: int, function: Callable[..., R], *args: Any) -> R:
+    """``function(*args)`` on one of a request's ``count`` images; with several, an image error names it.
+
+    The client sees which image (counted from 0, as the base64 errors count) to fix instead of
+    guessing among them.
+    """
+    try:
+        return function(*args)
+    except GlimpseError as exc:
+        if count == 1:
+            raise
+        raise type(exc)(f"image {index}: {exc.message}", exc.headers) from exc
 
 
 def _b64(data: bytes) -> str:

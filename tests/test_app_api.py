@@ -165,6 +165,27 @@ async def test_client_mistakes_get_the_error_shape(
     assert set(response.json()["error"]) == {"code", "message"}
 
 
+@pytest.mark.parametrize("endpoint", ["/predict", "/attention-map"])
+async def test_an_image_error_in_a_request_of_several_names_the_image(
+    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes], endpoint: str
+) -> None:
+    good, truncated = canvas_png(0), canvas_png(1)[:150]
+    too_small = png_bytes(np.zeros((8, 8), np.uint8))
+    files = [("file", ("a.png", good, "image/png")), ("file", ("b.png", truncated, "image/png"))]
+    multipart = await client.post(endpoint, files=files)
+    as_json = await client.post(endpoint, json={"images": [b64(good), b64(good), b64(too_small)]})
+    alone = await client.post(endpoint, files={"file": ("b.png", truncated, "image/png")})
+    assert multipart.status_code == 400
+    assert multipart.json()["error"]["code"] == "invalid_image"
+    assert multipart.json()["error"]["message"].startswith("image 1: the image could not be decoded: ")
+    assert as_json.status_code == 400
+    assert as_json.json()["error"] == {
+        "code": "image_too_small",
+        "message": "image 2: the image is 8×8; both sides must be at least 16 pixels",
+    }
+    assert alone.json()["error"]["message"].startswith("the image could not be decoded: ")
+
+
 async def test_attention_map_rejects_unknown_target_and_colormap(client: httpx.AsyncClient) -> None:
     for params in ({"target": "cat"}, {"colormap": "jet"}, {"kind": "gradcam"}):
         response = await client.post("/attention-map", params=params, json={"image": "x"})
