@@ -11,15 +11,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-# Runtime dependencies only (what the service needs), then serve the bundled model.
-setup: $(BIN)/python
-	$(BIN)/pip install -e .
+# Runtime dependencies only (what the service needs), then serve the bundled model. Each install runs
+# once, and again when pyproject.toml changes (the stamp files record it).
+setup: $(VENV)/.installed-runtime
 
 serve: setup
 	$(BIN)/python -m app.serve --host $(HOST) --port $(PORT)
 
-setup-dev: $(BIN)/python
+setup-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[dev]'
+	touch $@
 
 lint:
 	$(BIN)/ruff check .
