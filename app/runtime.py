@@ -56,7 +56,7 @@ def configure_torch(settings: Settings, device: torch.device) -> None:
     torch.set_num_threads(settings.torch_threads or settings.cores_per_worker)
     # Off by default: clients choose image sizes and batches form with any number of images, so
     # benchmark mode kept meeting new shapes, and each stalled its batch while cuDNN timed kernels
-    # (GPU p99 of 0.3-0.7 s; README, Performance).
+    # (GPU p99 of 0.3-0.7 s; bench/NOTES.md, "What moved the GPU figures").
     torch.backends.cudnn.benchmark = settings.cudnn_benchmark
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

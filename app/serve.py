@@ -4,7 +4,7 @@
 worker wakes first accepts every connection waiting, so a client that opens its connection pool at
 once can land it all on one worker while the others idle, at about half the throughput. Here each
 worker binds a socket of its own with ``SO_REUSEPORT``, and the kernel spreads new connections over
-them by a hash of their addresses (README, Performance, has the measured splits).
+them by a hash of their addresses (bench/NOTES.md, "Several workers", has the measured splits).
 
 With one worker (the default, or ``WEB_CONCURRENCY=1``) this is plain ``uvicorn app.main:app``.
 With several, the supervisor imports the app once and forks the workers from it (on Linux; elsewhere
