@@ -37,6 +37,16 @@ def settings(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if pair)
 
 
+def result_key(taken: dict[str, Any], server: str) -> str:
+    """``server``, or ``server #2``, ``#3`` … when a run repeats it (off/on/off/on A/B runs), so that
+    each repeat keeps its own figures instead of overwriting the last one's."""
+    key, repeat = server, 1
+    while key in taken:
+        repeat += 1
+        key = f"{server} #{repeat}"
+    return key
+
+
 def result_header(module: str) -> dict[str, Any]:
     """What every result file starts with: the command that wrote it, the machine, the start time."""
     return {
@@ -478,16 +488,17 @@ def main() -> None:
         result["in_process"] = in_process(args, DEFAULT_MODEL_DIR, image, batch)
     port = 8300
     for server in args.servers:
+        key = result_key(result["servers"], server)
         if server.startswith("glimpse"):  # glimpse:WORKERS=2,GLIMPSE_X=1 runs a variant
             variant = settings(server.partition(":")[2])
             workers = int(variant.pop("WORKERS", args.workers))
-            result["servers"][server] = serve_glimpse(args, {**env, **variant}, image, port, workers)
+            result["servers"][key] = serve_glimpse(args, {**env, **variant}, image, port, workers)
             port += 1
         elif server == "naive":
-            result["servers"]["naive"] = serve_naive(args, image, port + 10)
+            result["servers"][key] = serve_naive(args, image, port + 10)
         elif server.startswith("torchserve"):  # torchserve:AMP=bfloat16,BATCH=32 runs a variant
             variant = settings(server.partition(":")[2])
-            result["servers"][server] = serve_torchserve(args, DEFAULT_MODEL_DIR, image, port + 20, variant)
+            result["servers"][key] = serve_torchserve(args, DEFAULT_MODEL_DIR, image, port + 20, variant)
             port += 3  # TorchServe takes three ports: inference, management, metrics
     if args.large is not None:
         stages = tuple((int(width), int(stride)) for width, stride in args.large_stages)
@@ -500,7 +511,7 @@ def main() -> None:
         for server in args.large or ["glimpse"]:
             variant = settings(server.partition(":")[2])
             workers = int(variant.pop("WORKERS", args.workers))
-            result["large"]["servers"][server] = serve_glimpse(
+            result["large"]["servers"][result_key(result["large"]["servers"], server)] = serve_glimpse(
                 args, {**large_env, **variant}, large_image, port + 40, workers
             )
             port += 1
