@@ -427,7 +427,7 @@ class InferenceEngine:
                         predictions[i].grid = grids[i]
                         predictions[i].heat = heat
             return predictions
-        return self._mixed_work(x, input_size, requested, sizes, top_ks, map_requests)
+        return self._mixed_work(x, input_size, requested, kinds, sizes, top_ks, map_requests)
 
     def _same_size_work(
         self, x: Tensor, requested: Tensor | None, kind: MapKind | None
@@ -458,6 +458,7 @@ class InferenceEngine:
         x: Tensor,
         input_size: Tensor | None,
         requested: Tensor | None,
+        kinds: set[MapKind],
         sizes: list[tuple[int, int]],
         top_ks: list[int],
         map_requests: list[MapRequest | None],
@@ -470,7 +471,6 @@ class InferenceEngine:
             scores, indices = self._to_host(scores, indices)
             return self._predictions(scores, indices, top_ks)
         targets = torch.where(requested >= 0, requested, indices[:, 0])
-        kinds = {request.kind for request in map_requests if request is not None}
         empty = targets.new_zeros(0)
         maps: dict[MapKind, Tensor] = {
             "evidence": output.evidence(targets).float() if "evidence" in kinds else empty,
