@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.memory import TRIM_INTERVAL_S
+from app.runtime.memory import TRIM_INTERVAL_S
 from models.checkpoint import DEFAULT_MODEL_DIR
 
 

@@ -10,7 +10,7 @@ from fastapi.security import APIKeyHeader
 
 from app.config import Settings
 from app.errors import ModelNotReady, Unauthorized
-from app.predictor import Predictor
+from app.pipeline.predictor import Predictor
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Required when GLIMPSE_API_KEYS is set."

@@ -21,15 +21,15 @@ from starlette.types import ASGIApp
 
 from app.config import Settings, get_settings
 from app.docs import install_docs
-from app.engine import EngineConfig, InferenceEngine
+from app.engine.forward import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
-from app.hotpath import HotPath
-from app.lifecycle import DeviceUnavailable, QuietStartupFailure, StartupFailed, drain_on_sigterm
-from app.memory import FreedMemoryTrimmer, bound_kernel_caches
-from app.metrics import Metrics, MetricsMiddleware
-from app.predictor import Limits, Predictor
-from app.routes import attention, health, metrics, models, predict
-from app.runtime import choose_amp_dtype, choose_device, configure_torch
+from app.pipeline.predictor import Limits, Predictor
+from app.runtime.device import choose_amp_dtype, choose_device, configure_torch
+from app.runtime.lifecycle import DeviceUnavailable, QuietStartupFailure, StartupFailed, drain_on_sigterm
+from app.runtime.memory import FreedMemoryTrimmer, bound_kernel_caches
+from app.runtime.metrics import Metrics, MetricsMiddleware
+from app.transports.fast_path import HotPath
+from app.transports.routes import attention, health, metrics, models, predict
 from models.attention_net import AttentionNet
 from models.checkpoint import ModelArtifactError, ModelCard, load_model
 
@@ -119,7 +119,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 class GlimpseAPI(FastAPI):
-    """FastAPI with the hot path (:mod:`app.hotpath`) outside all of its middleware."""
+    """FastAPI with the hot path (:mod:`app.transports.fast_path`) outside all of its middleware."""
 
     def build_middleware_stack(self) -> ASGIApp:
         return HotPath(super().build_middleware_stack())

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from app.engine import EngineConfig, InferenceEngine
-from app.metrics import Metrics
+from app.engine.forward import EngineConfig, InferenceEngine
+from app.runtime.metrics import Metrics
 from models.attention_net import cast_convolutions, channels_last
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 from models.packing import pack_convolutions

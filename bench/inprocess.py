@@ -18,11 +18,11 @@ import orjson
 import torch
 from PIL import Image
 
-from app.engine import EngineConfig, InferenceEngine, MapRequest
-from app.imaging import decode_image, heatmaps_to_uint8
-from app.metrics import Metrics
-from app.predictor import Limits, MapOptions, Predictor
-from app.runtime import Precision, choose_amp_dtype
+from app.engine.forward import EngineConfig, InferenceEngine, MapRequest
+from app.pipeline.imaging import decode_image, heatmaps_to_uint8
+from app.pipeline.predictor import Limits, MapOptions, Predictor
+from app.runtime.device import Precision, choose_amp_dtype
+from app.runtime.metrics import Metrics
 from models.attention_net import AttentionNet, upsample_to_input
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 from models.preprocessing import normalize_pixels
@@ -134,7 +134,7 @@ def map_cost(
 
 
 def _as_prediction(grid: torch.Tensor, heat: Any) -> Any:
-    from app.engine import Prediction
+    from app.engine.forward import Prediction
 
     return Prediction([0], [1.0], 0, grid, heat)
 

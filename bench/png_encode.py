@@ -30,9 +30,9 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
-from app.engine import MapRequest
-from app.imaging import decode_image, encode_png, render_heatmaps
-from app.predictor import Predictor
+from app.engine.forward import MapRequest
+from app.pipeline.imaging import decode_image, encode_png, render_heatmaps
+from app.pipeline.predictor import Predictor
 from bench.inprocess import build_predictor, ceiling
 from models.checkpoint import DEFAULT_MODEL_DIR
 
@@ -101,7 +101,7 @@ def ceilings(predictor: Predictor, rounds: int = 8, seconds: float = 1.5) -> Non
     figures: dict[str, list[float]] = {"predict": [], "attention, Pillow": [], "attention, Glimpse": []}
     for _ in range(rounds):
         figures["predict"].append(ceiling(predictor, data, 32, seconds, attention=False))
-        with patch("app.predictor.encode_png", pillow_png):
+        with patch("app.pipeline.predictor.encode_png", pillow_png):
             figures["attention, Pillow"].append(ceiling(predictor, data, 32, seconds, attention=True))
         figures["attention, Glimpse"].append(ceiling(predictor, data, 32, seconds, attention=True))
     medians = {name: statistics.median(values) for name, values in figures.items()}

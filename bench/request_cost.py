@@ -8,8 +8,8 @@ requests/s does. Rounds alternate the variants so that the machine's swings hit 
 Variants, each doing everything the one before it does:
 
 * ``trivial``: a bare ASGI app that reads the body and answers fixed JSON;
-* ``parse``: plus Glimpse's multipart parsing (:func:`app.uploads.simple_multipart_files`);
-* ``decode``: plus opening and decoding the PNG as Glimpse does (:mod:`app.imaging`);
+* ``parse``: plus Glimpse's multipart parsing (:func:`app.pipeline.uploads.simple_multipart_files`);
+* ``decode``: plus opening and decoding the PNG as Glimpse does (:mod:`app.pipeline.imaging`);
 * ``handoff``: plus one round trip to a one-thread pool, as a request's trip to the inference thread;
 * ``glimpse-tiny``: the whole service with a tiny random model (two 8-channel layers);
 * ``glimpse``: the whole service with the bundled model.
@@ -44,8 +44,8 @@ _POOL = ThreadPoolExecutor(1)
 
 async def stub(scope: Scope, receive: Receive, send: Send) -> None:
     """The ASGI app of the stub variants; ``BENCH_STUB`` picks how much of a request it does."""
-    from app.imaging import convert_image, open_image
-    from app.uploads import read_body, simple_multipart_files
+    from app.pipeline.imaging import convert_image, open_image
+    from app.pipeline.uploads import read_body, simple_multipart_files
     from models.checkpoint import Preprocessing
 
     if scope["type"] == "lifespan":

@@ -31,8 +31,8 @@ SWITCHES = {
 
 
 def check_no_implicit_sync() -> None:
-    from app.engine import EngineConfig, InferenceEngine, MapRequest
-    from app.metrics import Metrics
+    from app.engine.forward import EngineConfig, InferenceEngine, MapRequest
+    from app.runtime.metrics import Metrics
     from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
     model, card = load_model(DEFAULT_MODEL_DIR, "cuda")

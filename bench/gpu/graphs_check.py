@@ -23,8 +23,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from app.engine import EngineConfig, InferenceEngine, MapRequest, Prediction
-from app.metrics import Metrics
+from app.engine.forward import EngineConfig, InferenceEngine, MapRequest, Prediction
+from app.runtime.metrics import Metrics
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
 SIZE = 60

@@ -1,0 +1,1 @@
+"""The batching engine and the forward work it runs."""

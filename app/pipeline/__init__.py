@@ -1,0 +1,1 @@
+"""The request pipeline every transport shares: query, auth, uploads, decoding, answers, errors."""

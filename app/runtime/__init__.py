@@ -1,0 +1,1 @@
+"""The process around the app: launcher, device choice, lifecycle, memory and metrics."""

@@ -1,0 +1,1 @@
+"""The HTTP transports: the raw-ASGI fast path, the FastAPI routes and the Open Inference Protocol."""
