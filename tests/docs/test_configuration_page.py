@@ -54,3 +54,15 @@ def test_every_plain_default_is_the_real_one() -> None:
         expected = shown_default(info.default)
         if expected is not None:
             assert rows[env_name(name, info)] == expected, name
+
+
+# Variables of docker-compose.yml, not of the service.
+COMPOSE_VARIABLES = {"GLIMPSE_PORT", "GLIMPSE_IMAGE", "GLIMPSE_MODEL_HOST_DIR"}
+
+
+def test_the_readme_and_every_page_name_only_real_settings() -> None:
+    known = {env_name(name, info) for name, info in Settings.model_fields.items()} | COMPOSE_VARIABLES
+    root = PAGE.parents[1]
+    for page in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        named = set(re.findall(r"\bGLIMPSE_[A-Z0-9_]*[A-Z0-9]\b", page.read_text()))
+        assert named <= known, f"{page.relative_to(root)} names {sorted(named - known)}"
