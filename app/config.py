@@ -18,7 +18,7 @@ from models.checkpoint import DEFAULT_MODEL_DIR
 
 
 class Settings(BaseSettings):
-    """Everything an operator can tune; the README's "Configuration" table lists the same fields."""
+    """Everything an operator can tune; docs/configuration.md lists the same fields (a test checks it)."""
 
     model_config = SettingsConfigDict(env_prefix="GLIMPSE_", case_sensitive=False, extra="ignore")
 
