@@ -147,6 +147,34 @@ class Settings(BaseSettings):
         """This process's share of the cores: several workers each taking every core thrash."""
         return max(1, self.cpu_count // self.workers)
 
+    # -- the engine's pixel budgets --------------------------------------------------------------------
+    max_batch_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Padded pixels in one forward pass: images padded to a common size share a pass up "
+        "to this many; one larger image runs alone.",
+    )
+    max_inflight_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="Declared pixels of the images admitted at once (decoding, queued or running), which "
+        "bounds their memory; a request over it gets 413, one that the images in flight leave no room "
+        "for gets 503. Default: 4 × max_image_pixels. At least max_image_pixels.",
+    )
+
+    @model_validator(mode="after")
+    def _check_pixel_budget(self) -> Settings:
+        if self.max_inflight_pixels is not None and self.max_inflight_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"GLIMPSE_MAX_INFLIGHT_PIXELS ({self.max_inflight_pixels}) must be at least "
+                f"GLIMPSE_MAX_IMAGE_PIXELS ({self.max_image_pixels}): the largest image must fit"
+            )
+        return self
+
+    def inflight_pixels(self) -> int:
+        """The in-flight pixel budget in force."""
+        return self.max_inflight_pixels or 4 * self.max_image_pixels
+
 
 @lru_cache
 def get_settings() -> Settings:

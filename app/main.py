@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 
 from app.config import Settings, get_settings
 from app.docs import install_docs
-from app.engine.forward import EngineConfig, InferenceEngine
+from app.engine.engine import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
 from app.pipeline.predictor import Limits, Predictor
 from app.runtime.device import choose_amp_dtype, choose_device, configure_torch
@@ -67,16 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     started = time.perf_counter()
     bound_kernel_caches()  # before the warm-up builds the first oneDNN kernel
     model, card, device = await load_or_fail(app, settings)
-    engine_config = EngineConfig(
-        max_batch_size=settings.max_batch_size,
-        max_batch_delay_ms=settings.max_batch_delay_ms,
-        max_queue_size=settings.max_queue_size,
-        max_batch_pixels=settings.max_image_pixels,
-        amp_dtype=choose_amp_dtype(settings.amp_dtype, device),
-        channels_last=settings.channels_last,
-        inline_max_seconds=settings.inline_forward_max_s(),
-        cuda_graphs=settings.cuda_graphs,
-    )
+    engine_config = EngineConfig.from_settings(settings, choose_amp_dtype(settings.amp_dtype, device))
     engine = InferenceEngine(model, card.preprocessing, device, engine_config, app.state.metrics)
     warm_size = max(settings.warmup_image_size, card.preprocessing.min_size)
     await engine.warm_up(card.config.in_channels, warm_size, settings.max_batch_size)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from app.engine.forward import InferenceEngine, MapKind, MapRequest, Prediction
+from app.engine.engine import InferenceEngine
+from app.engine.forward import MapKind, MapRequest, Prediction
 from app.errors import DeadlineExceeded, GlimpseError, InvalidParameter
 from app.pipeline.imaging import (
     Colormap,
@@ -28,9 +29,9 @@ from app.pipeline.imaging import (
     encode_png,
     open_image,
     overlay,
-    render_heatmaps,
 )
 from models.checkpoint import ModelCard
+from models.maps import render_heatmaps
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -110,21 +111,23 @@ class Predictor:
         self, images: list[bytes], top_k: int, map_request: MapRequest | None, keep_rgb: bool, deadline: float
     ) -> tuple[list[DecodedImage], list[Prediction]]:
         count = len(images)
-        with self.engine.expecting(count):  # refuses a burst before any decoding
-            opened = [
-                _for_image(
-                    index, count, open_image, data, self.limits.max_image_pixels, self.limits.min_image_size
-                )
-                for index, data in enumerate(images)
-            ]
+        opened = [
+            _for_image(
+                index, count, open_image, data, self.limits.max_image_pixels, self.limits.min_image_size
+            )
+            for index, data in enumerate(images)
+        ]
+        pixel_counts = [image.width * image.height for image in opened]
+        # Admitted by the headers' sizes: a request too large for the budget or its deadline is refused
+        # before any decoding, and the pixels it holds count until it has its predictions.
+        with self.engine.admit(pixel_counts, deadline) as admission:
             convert = partial(convert_image, spec=self.card.preprocessing, keep_rgb=keep_rgb)
-            pixel_counts = [image.width * image.height for image in opened]
             decoded = await self._map_images(
                 lambda item: _for_image(item[0], count, convert, item[1]),
                 list(enumerate(opened)),
                 pixel_counts,
             )
-        predictions = await self.engine.predict([d.pixels for d in decoded], top_k, map_request, deadline)
+            predictions = await admission.predict([d.pixels for d in decoded], top_k, map_request)
         return decoded, predictions
 
     def _deadline(self) -> _Deadline:
