@@ -298,7 +298,7 @@ async def test_after_an_inline_batch_the_next_waits_for_as_many_items_but_no_lon
 
 async def test_stopping_refuses_new_work_and_fails_what_is_still_queued() -> None:
     run = FakeRun(block=threading.Event())
-    batcher = Batcher[int, int](run, one_group, POLICY, Metrics())  # type: ignore[arg-type]
+    batcher = Batcher[int, int](run, one_group, POLICY, Metrics())
     batcher.start()
     running = asyncio.create_task(submit(batcher, 1))
     assert await asyncio.to_thread(run.started.wait, BOUND_S)
