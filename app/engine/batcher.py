@@ -9,7 +9,7 @@ callable that runs a batch and one that splits a batch into groups run one after
   alone is over the in-flight budget or would not finish within its deadline even on an idle worker
   (413), or when the work already admitted leaves it no room in the budget or no time (503). An
   admission holds its cost until the request leaves it, which bounds the memory of the items in
-  flight.
+  flight; large requests may fill only half of the time left, so small ones still get through.
 * Batching: one asyncio task takes up to ``max_batch_size`` items, waiting at most
   ``max_batch_delay_ms`` after the first one — and only while more are expected (admitted, not yet
   submitted), so a lone request is never held back.
@@ -57,7 +57,7 @@ class BatchPolicy:
     max_batch_size: int  # most items in one run of the batch callable
     max_batch_delay_ms: float  # longest wait for more items once the first is queued
     max_queue_size: int  # most items admitted at once (queued, being prepared or running)
-    max_inflight_cost: int  # most cost admitted at once: bounds the memory of the items in flight
+    max_inflight_cost: int  # most cost of large requests admitted at once: bounds their memory
     inline_max_seconds: float  # batches estimated this short run on the event loop; 0: never
 
 
@@ -80,12 +80,15 @@ class Admission(Generic[Item, Result]):
     Use as a context manager around the request's preparation and :meth:`submit`.
     """
 
-    __slots__ = ("_batcher", "_cost", "_count", "_deadline", "_expected")
+    __slots__ = ("_batcher", "_cost", "_count", "_deadline", "_expected", "_large")
 
-    def __init__(self, batcher: Batcher[Item, Result], count: int, cost: int, deadline: float) -> None:
+    def __init__(
+        self, batcher: Batcher[Item, Result], count: int, cost: int, large: bool, deadline: float
+    ) -> None:
         self._batcher = batcher
         self._count = count
         self._cost = cost
+        self._large = large
         self._deadline = deadline
         self._expected = count  # items admitted but not yet submitted
 
@@ -102,6 +105,8 @@ class Admission(Generic[Item, Result]):
             batcher._wakeup.set()
         batcher._admitted_count -= self._count
         batcher._admitted_cost -= self._cost
+        if self._large:
+            batcher._admitted_large_cost -= self._cost
 
     async def submit(self, items: Sequence[Item], costs: Sequence[int]) -> list[Result]:
         """Queue the items (all or none) and wait for their results, in order.
@@ -151,6 +156,9 @@ class Batcher(Generic[Item, Result]):
         self._expected = 0  # items admitted and not yet submitted: being prepared, coming soon
         self._admitted_count = 0
         self._admitted_cost = 0
+        self._admitted_large_cost = 0  # what the in-flight budget bounds
+        # A request of at most this cost is small: a full queue of them stays within the budget.
+        self._small_cost = policy.max_inflight_cost // policy.max_queue_size
         self._inline_batch = 0  # items in the last batch if it ran on the event loop, else 0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -189,6 +197,11 @@ class Batcher(Generic[Item, Result]):
     def admit(self, costs: Sequence[int], deadline: float) -> Admission[Item, Result]:
         """Admit a request's items by their costs, before they are prepared.
 
+        A small request (at most ``max_inflight_cost / max_queue_size``: a full queue of them stays
+        within the budget) is never refused for cost, only for time. A larger one must fit in the
+        in-flight budget beside the other large ones, and may queue work for at most half the time
+        left before its deadline: the other half is for the small requests that arrive behind it.
+
         Raises:
             ModelNotReady: The batcher is shutting down.
             PayloadTooLarge: The items' cost is over the in-flight budget, or would take longer than the
@@ -202,24 +215,33 @@ class Batcher(Generic[Item, Result]):
         count, cost = len(costs), sum(costs)
         if self._admitted_count + count > policy.max_queue_size:
             raise Overloaded("the inference queue is full; retry shortly", RETRY_AFTER)
-        if cost > policy.max_inflight_cost:
-            raise PayloadTooLarge(
-                f"the request's images have {cost} pixels in all; at most {policy.max_inflight_cost} "
-                "are processed at once: send fewer or smaller images"
-            )
-        if self._admitted_cost + cost > policy.max_inflight_cost:
-            raise Overloaded(
-                f"the server is busy with {self._admitted_cost} pixels of other images; retry shortly",
-                RETRY_AFTER,
-            )
+        large = cost > self._small_cost
+        if large:
+            self._check_budget(cost)
         if self.seconds_per_cost > 0:
-            self._check_time(cost, deadline)
+            self._check_time(cost, deadline, 0.5 if large else 1.0)
         self._admitted_count += count
         self._admitted_cost += cost
+        if large:
+            self._admitted_large_cost += cost
         self._expected += count
-        return Admission(self, count, cost, deadline)
+        return Admission(self, count, cost, large, deadline)
 
-    def _check_time(self, cost: int, deadline: float) -> None:
+    def _check_budget(self, cost: int) -> None:
+        budget = self.policy.max_inflight_cost
+        if cost > budget:
+            raise PayloadTooLarge(
+                f"the request's images have {cost} pixels in all; at most {budget} are processed at "
+                "once: send fewer or smaller images"
+            )
+        if self._admitted_large_cost + cost > budget:
+            raise Overloaded(
+                f"the server is busy with {self._admitted_large_cost} pixels of other large images; "
+                "retry shortly",
+                RETRY_AFTER,
+            )
+
+    def _check_time(self, cost: int, deadline: float, share: float) -> None:
         left = deadline - time.perf_counter()
         alone = cost * self.seconds_per_cost
         if alone > left:
@@ -227,11 +249,11 @@ class Batcher(Generic[Item, Result]):
                 f"the request's images ({cost} pixels) would take about {alone:.1f} s on this server, "
                 f"longer than the {max(left, 0.0):.1f} s left of its deadline: send fewer or smaller images"
             )
-        behind = (self._admitted_cost + cost) * self.seconds_per_cost
-        if behind > left:
+        ahead = self._admitted_cost * self.seconds_per_cost
+        if ahead > 0 and ahead + alone > left * share:
             raise Overloaded(
-                f"the server has about {behind - alone:.1f} s of work ahead of this request, which would "
-                "not finish within its deadline; retry shortly",
+                f"the server has about {ahead:.1f} s of work ahead of this request, which would not "
+                "finish within its deadline; retry shortly",
                 RETRY_AFTER,
             )
 

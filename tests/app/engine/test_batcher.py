@@ -182,6 +182,20 @@ async def test_work_that_cannot_finish_before_its_deadline_is_refused_before_it_
     assert run.runs == []
 
 
+async def test_small_requests_pass_a_full_budget_and_large_ones_leave_them_half_the_time(
+    make: Callable[..., tuple[Batcher[int, int], FakeRun]],
+) -> None:
+    batcher, _ = make(max_inflight_cost=6400, max_queue_size=64)  # small: at most 100
+    batcher.calibrate(0.01)
+    with batcher.admit([6000], deadline(100.0)):  # 60 s of a 100 s deadline, the whole budget but 400
+        with pytest.raises(Overloaded, match="busy"):
+            batcher.admit([500], deadline(100.0))
+        with pytest.raises(Overloaded, match="work ahead"):
+            batcher.admit([300], deadline(100.0))  # 63 s: more than half of the time left
+        with batcher.admit([100], deadline(100.0)), batcher.admit([100], deadline(100.0)):
+            pass  # small: past the budget, within the time
+
+
 async def test_an_expired_request_gets_deadline_exceeded_and_never_runs(
     make: Callable[..., tuple[Batcher[int, int], FakeRun]],
 ) -> None:
