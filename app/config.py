@@ -7,11 +7,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.engine.forward import EngineConfig
 from app.pipeline.core import Limits
 from app.runtime.memory import TRIM_INTERVAL_S
 from models.checkpoint import DEFAULT_MODEL_DIR
@@ -126,19 +124,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    def engine_config(self, amp_dtype: torch.dtype | None) -> EngineConfig:
-        """The batching engine's configuration: the settings, with the autocast dtype resolved."""
-        return EngineConfig(
-            max_batch_size=self.max_batch_size,
-            max_batch_delay_ms=self.max_batch_delay_ms,
-            max_queue_size=self.max_queue_size,
-            max_batch_pixels=self.max_image_pixels,
-            amp_dtype=amp_dtype,
-            channels_last=self.channels_last,
-            inline_max_seconds=self.inline_forward_max_s(),
-            cuda_graphs=self.cuda_graphs,
-        )
-
     def pipeline_limits(self, card_min_size: int) -> Limits:
         """The request core's limits; the card's minimum image size unless one is set."""
         return Limits(
@@ -172,6 +157,34 @@ class Settings(BaseSettings):
     def cores_per_worker(self) -> int:
         """This process's share of the cores: several workers each taking every core thrash."""
         return max(1, self.cpu_count // self.workers)
+
+    # -- the engine's pixel budgets --------------------------------------------------------------------
+    max_batch_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Padded pixels in one forward pass: images padded to a common size share a pass up "
+        "to this many; one larger image runs alone.",
+    )
+    max_inflight_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="Declared pixels of the images admitted at once (decoding, queued or running), which "
+        "bounds their memory; a request over it gets 413, one that the images in flight leave no room "
+        "for gets 503. Default: 4 × max_image_pixels. At least max_image_pixels.",
+    )
+
+    @model_validator(mode="after")
+    def _check_pixel_budget(self) -> Settings:
+        if self.max_inflight_pixels is not None and self.max_inflight_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"GLIMPSE_MAX_INFLIGHT_PIXELS ({self.max_inflight_pixels}) must be at least "
+                f"GLIMPSE_MAX_IMAGE_PIXELS ({self.max_image_pixels}): the largest image must fit"
+            )
+        return self
+
+    def inflight_pixels(self) -> int:
+        """The in-flight pixel budget in force."""
+        return self.max_inflight_pixels or 4 * self.max_image_pixels
 
 
 @lru_cache

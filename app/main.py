@@ -23,7 +23,7 @@ from starlette.types import ASGIApp
 from app import openapi
 from app.config import Settings, get_settings
 from app.docs import install_docs
-from app.engine.forward import InferenceEngine
+from app.engine.engine import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
 from app.pipeline.core import Pipeline
 from app.runtime.device import choose_amp_dtype, choose_device, configure_torch
@@ -72,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     started = time.perf_counter()
     bound_kernel_caches()  # before the warm-up builds the first oneDNN kernel
     model, card, device = await load_or_fail(state)
-    engine_config = settings.engine_config(choose_amp_dtype(settings.amp_dtype, device))
+    engine_config = EngineConfig.from_settings(settings, choose_amp_dtype(settings.amp_dtype, device))
     engine = InferenceEngine(model, card.preprocessing, device, engine_config, state.metrics)
     warm_size = max(settings.warmup_image_size, card.preprocessing.min_size)
     await engine.warm_up(card.config.in_channels, warm_size, settings.max_batch_size)

@@ -21,8 +21,9 @@ import time
 
 import torch
 
-from app.engine.forward import EngineConfig, InferenceEngine
-from app.runtime.metrics import Metrics
+from app.config import Settings
+from app.engine.engine import EngineConfig
+from app.engine.forward import ForwardWork
 from models.attention_net import cast_convolutions, channels_last
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 from models.packing import pack_convolutions
@@ -31,11 +32,11 @@ ROUNDS = 4
 PASSES = 60
 
 
-def engine_with(convolutions: str) -> InferenceEngine:
+def engine_with(convolutions: str) -> ForwardWork:
     model, card = load_model(DEFAULT_MODEL_DIR)
-    config = EngineConfig(amp_dtype=torch.bfloat16)
+    config = EngineConfig.from_settings(Settings(), torch.bfloat16).forward
     cpu = torch.device("cpu")
-    engine = InferenceEngine(model.fuse_for_inference(), card.preprocessing, cpu, config, Metrics())
+    engine = ForwardWork(model.fuse_for_inference(), card.preprocessing, cpu, config)
     fresh = channels_last(load_model(DEFAULT_MODEL_DIR)[0].fuse_for_inference())
     if convolutions == "float32":
         engine.model = fresh
@@ -47,7 +48,7 @@ def engine_with(convolutions: str) -> InferenceEngine:
     return engine
 
 
-def cpu_ms_per_batch(engine: InferenceEngine, images: list[torch.Tensor]) -> float:
+def cpu_ms_per_batch(engine: ForwardWork, images: list[torch.Tensor]) -> float:
     started = time.process_time()
     for _ in range(PASSES):
         engine.forward_batch(images, [5] * len(images), [None] * len(images))

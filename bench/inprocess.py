@@ -20,14 +20,16 @@ import torch
 from PIL import Image
 
 from app.config import Settings
-from app.engine.forward import InferenceEngine, MapRequest, Prediction
+from app.engine.engine import EngineConfig, InferenceEngine
+from app.engine.forward import MapRequest, Prediction
 from app.pipeline import answers
-from app.pipeline.imaging import DecodedImage, decode_image, heatmaps_to_uint8
+from app.pipeline.imaging import DecodedImage, convert_image, open_image
 from app.pipeline.query import Query
 from app.runtime.device import Precision, choose_amp_dtype
 from app.runtime.metrics import Metrics
 from models.attention_net import AttentionNet, upsample_to_input
-from models.checkpoint import DEFAULT_MODEL_DIR, ModelCard, load_model
+from models.checkpoint import DEFAULT_MODEL_DIR, ModelCard, Preprocessing, load_model
+from models.maps import scale_peaks_to_255
 from models.preprocessing import normalize_pixels
 
 
@@ -54,8 +56,10 @@ def ceiling(predictor: InProcess, data: bytes, batch: int, seconds: float, atten
     request = MapRequest("evidence") if attention else None
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or done == 0:
-        decoded = [decode_image(data, card.preprocessing, 1 << 26, 16) for _ in range(batch)]
-        predictions = engine.forward_batch([d.pixels for d in decoded], [5] * batch, [request] * batch)
+        decoded = [decode_image(data, card.preprocessing) for _ in range(batch)]
+        predictions = engine.forward.forward_batch(
+            [d.pixels for d in decoded], [5] * batch, [request] * batch
+        )
         for image, prediction in zip(decoded, predictions, strict=True):
             if attention:
                 orjson.dumps(predictor.render_map(image, prediction))
@@ -80,11 +84,16 @@ def build_predictor(
     model.fuse_for_inference()
     graphs = cuda_graphs_size is not None
     settings = Settings(_env_file=None, max_batch_size=batch, cuda_graphs=graphs)
-    config = settings.engine_config(choose_amp_dtype(amp, device))
+    config = EngineConfig.from_settings(settings, choose_amp_dtype(amp, device))
     engine = InferenceEngine(model, card.preprocessing, device, config, Metrics())
     if cuda_graphs_size is not None:
         asyncio.run(engine.warm_up(card.config.in_channels, cuda_graphs_size, batch))
     return InProcess(engine, card)
+
+
+def decode_image(data: bytes, spec: Preprocessing) -> DecodedImage:
+    """The predictor's decoding of one image: header checks (no limits that matter here), then pixels."""
+    return convert_image(open_image(data, 1 << 26, 16), spec)
 
 
 def raw_forward(model: AttentionNet, x: torch.Tensor, seconds: float) -> float:
@@ -121,11 +130,11 @@ def map_cost(
     autocast's per-call casts make it slower alone and faster in a batch on this model.
     """
     card, engine = predictor.card, predictor.engine
-    amp = engine.config.amp_dtype
-    decoded = [decode_image(data, card.preprocessing, 1 << 26, 16) for _ in range(batch)]
+    amp = engine.config.forward.amp_dtype
+    decoded = [decode_image(data, card.preprocessing) for _ in range(batch)]
 
     def ours() -> None:
-        predictions = engine.forward_batch(
+        predictions = engine.forward.forward_batch(
             [d.pixels for d in decoded], [5] * batch, [MapRequest("evidence")] * batch
         )
         for image, prediction in zip(decoded, predictions, strict=True):
@@ -135,7 +144,9 @@ def map_cost(
         x = normalize_pixels(torch.stack([d.pixels for d in decoded]), card.preprocessing, engine.device)
         with torch.autocast(engine.device.type, dtype=amp, enabled=autocast):
             maps = grad_cam(model, x, card.config.feature_stride).float()
-        heats = heatmaps_to_uint8(maps).cpu().numpy()  # the same scaling and PNG work as ours
+        heats = (
+            scale_peaks_to_255(maps).round_().to(torch.uint8).cpu().numpy()
+        )  # the same scaling and PNG work as ours
         for image, grid, heat in zip(decoded, maps.cpu(), heats, strict=True):
             predictor.render_map(image, _as_prediction(grid, heat))
 
@@ -188,8 +199,8 @@ def main() -> None:
             graphs_size = image.width
     predictor = build_predictor(args.model_dir, device, args.batch, args.amp, graphs_size)
     engine, card = predictor.engine, predictor.card
-    amp = engine.config.amp_dtype
-    decoded = decode_image(data, card.preprocessing, 1 << 26, 16)
+    amp = engine.config.forward.amp_dtype
+    decoded = decode_image(data, card.preprocessing)
     x = normalize_pixels(torch.stack([decoded.pixels] * args.batch), card.preprocessing, device)
     x = x.contiguous(memory_format=torch.channels_last)
     cores = len(os.sched_getaffinity(0))
@@ -204,7 +215,7 @@ def main() -> None:
     for threads in sorted({args.threads} if args.threads else {1, cores}):
         torch.set_num_threads(threads)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            raw = raw_forward(engine.model, x, args.seconds)
+            raw = raw_forward(engine.forward.model, x, args.seconds)
         result["by_torch_threads"][threads] = {
             "raw_forward_images_per_s": raw,
             "ceiling_predict_images_per_s": ceiling(predictor, data, args.batch, args.seconds, False),

@@ -31,9 +31,10 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from app.engine.forward import MapRequest
-from app.pipeline.imaging import decode_image, encode_png, render_heatmaps
+from app.pipeline.imaging import convert_image, encode_png, open_image
 from bench.inprocess import InProcess, build_predictor, ceiling
 from models.checkpoint import DEFAULT_MODEL_DIR
+from models.maps import render_heatmaps
 
 PILLOW_STORED_MAX_PIXELS = 64 * 64
 CANVAS = Path(__file__).with_name("canvas60.png")
@@ -81,8 +82,8 @@ def main() -> None:
 
 
 def model_map(predictor: InProcess) -> NDArray[np.uint8]:
-    image = decode_image(CANVAS.read_bytes(), predictor.card.preprocessing, 1 << 26, 16)
-    prediction = predictor.engine.forward_batch([image.pixels], [1], [MapRequest("evidence")])[0]
+    image = convert_image(open_image(CANVAS.read_bytes(), 1 << 26, 16), predictor.card.preprocessing)
+    prediction = predictor.engine.forward.forward_batch([image.pixels], [1], [MapRequest("evidence")])[0]
     assert prediction.heat is not None
     return prediction.heat
 

@@ -1,8 +1,8 @@
 """Rendering heat images: the service's way against the way it rendered them before, per batch.
 
 The former way: resample every map onto the pixels with ``grid_sample``, then clamp, find the peak,
-scale and round on every pixel. The service's way (:func:`app.pipeline.imaging.render_heatmaps`):
-clamp and scale the few grid cells, resample by two small matrix products, round. Both produce the same heat
+scale and round on every pixel. The service's way (:func:`models.maps.render_heatmaps`): clamp and
+scale the few grid cells, resample by two small matrix products, round. Both produce the same heat
 images up to one level where float rounding lands a pixel on the other side of .5; this script counts
 those pixels too. Random maps of the bundled model's grid (stride 8) for 60×60, 100×100 and 224×224
 images, batches of 1, 8 and 32; one thread; the median of nine timings, the two ways alternating so
@@ -23,8 +23,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from app.pipeline.imaging import render_heatmaps
 from models.attention_net import input_sample_grid
+from models.maps import render_heatmaps
 
 STRIDE = 8
 

@@ -1,35 +1,23 @@
-"""The dynamic batcher: concurrent requests' images share one forward pass.
+"""The forward work beside the model: a batch of images in, predictions and maps out.
 
-Requests put images on a bounded queue and await futures. One asyncio task forms batches: it takes up
-to ``max_batch_size`` images, waiting at most ``max_batch_delay_ms`` after the first one — and only
-while more images are expected (below), so a lone request is never held back. The forward pass runs
-under ``torch.inference_mode`` in one of two places:
-
-* In ONE dedicated inference thread (torch's intra-op pool gives it this worker's share of the
-  cores): always on a GPU, and on a CPU for batches expected to take longer than
-  ``inline_max_seconds``. While it runs, the event loop keeps accepting and decoding, and the next
-  batch is already queued when the thread comes back. Images still being decoded are expected.
-* On a CPU, on the event loop itself for the other batches, when ``inline_max_seconds`` is above 0
-  (the service sets it only for a worker with one core to itself): a small batch's hand-off to the
-  thread and back, with the GIL changing hands, cost more CPU than it saved (``bench/HISTORY.md``).
-  Nothing arrives during an inline pass, so the clients it answers send their next requests just
-  after it: the next batch waits for as many images as the inline one had.
+What the batcher (:mod:`app.engine.batcher`) runs, one group of images at a time, in its inference
+thread (or, for short CPU batches, on the event loop): collate the images into one tensor on the
+model's device, run the network under autocast in channels-last memory format (with the convolutions
+packed for oneDNN on a CPU), rank the classes and, where asked, cut out each image's map and render its
+heat image (:mod:`models.maps`), all on the device; then one copy to the host. Same-size batches can
+replay all of that from CUDA graphs (:mod:`app.engine.cuda_graphs`).
 
 Images of different sizes are zero-padded to the batch's largest height and width with their valid
 sizes passed to the model, which masks the padding: the batched answer equals the single-image answer.
-Sizes too different to pad cheaply go to separate forward passes (:func:`plan_groups`).
+Sizes too different to pad cheaply go to separate groups (:func:`plan_groups`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -38,12 +26,11 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from app.engine.cuda_graphs import GraphedBatch
-from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
-from app.pipeline.imaging import render_heatmaps
+from app.errors import GlimpseError, Overloaded
 from app.runtime.device import Precision, precision_name
-from app.runtime.metrics import Metrics
-from models.attention_net import AttentionNet, grid_mask, output_size
+from models.attention_net import AttentionNet, AttentionOutput, grid_mask, output_size
 from models.checkpoint import Preprocessing
+from models.maps import render_heatmaps
 from models.packing import prepare_cpu_convolutions
 from models.preprocessing import normalize_pixels
 
@@ -54,6 +41,7 @@ PAD_WASTE_LIMIT = 2.0  # pad an image only up to 2× its own pixels
 # Heat images up to this size are rendered on the model's device, a batch at a time; larger ones in the
 # decode pool, so that resampling a 4096² map never holds up the next forward pass.
 RENDER_IN_BATCH_MAX_PIXELS = 512 * 512
+_KINDS: tuple[MapKind, ...] = ("evidence", "attention")
 
 
 @dataclass(slots=True, frozen=True)
@@ -85,26 +73,23 @@ class Prediction:
     heat: NDArray[np.uint8] | None = None
 
 
-@dataclass(slots=True, eq=False)
-class _Job:
+@dataclass(slots=True, frozen=True)
+class ImageWork:
+    """One image's share of a batch: its pixels, (H, W, C) uint8, and what to answer for it."""
+
     pixels: Tensor
     top_k: int
     map_request: MapRequest | None
-    deadline: float
-    future: asyncio.Future[Prediction]
-    enqueued_at: float = field(default_factory=time.perf_counter)
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    max_batch_size: int = 32
-    max_batch_delay_ms: float = 2.0
-    max_queue_size: int = 1024
-    max_batch_pixels: int = 4096 * 4096  # padded pixels per forward pass; one larger image runs alone
-    amp_dtype: torch.dtype | None = None  # autocast dtype on the model's device; None runs float32
-    channels_last: bool = True
-    inline_max_seconds: float = 0.02  # CPU only: passes expected to be this short run on the event loop
-    cuda_graphs: bool = False  # CUDA only: replay same-size batches from graphs (app.engine.cuda_graphs)
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """How the forward pass runs (built from the service's settings)."""
+
+    max_batch_pixels: int  # padded pixels per forward pass; one larger image runs alone
+    amp_dtype: torch.dtype | None  # autocast dtype on the model's device; None runs float32
+    channels_last: bool  # convolutions in channels-last memory format
+    cuda_graphs: bool  # CUDA only: replay same-size batches from graphs (app.engine.cuda_graphs)
 
 
 def rank_classes(logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -140,32 +125,16 @@ def plan_groups(sizes: list[tuple[int, int]], max_batch_pixels: int) -> list[lis
     return groups
 
 
-class InferenceEngine:
-    """Owns the model, the queue, the batching task and the inference thread."""
+class ForwardWork:
+    """The model on its device, and the batch work the batcher hands it (module docstring)."""
 
     def __init__(
-        self,
-        model: AttentionNet,
-        preprocessing: Preprocessing,
-        device: torch.device,
-        config: EngineConfig,
-        metrics: Metrics,
+        self, model: AttentionNet, preprocessing: Preprocessing, device: torch.device, config: ForwardConfig
     ) -> None:
         self.model = model
         self.preprocessing = preprocessing
         self.device = device
         self.config = config
-        self.metrics = metrics
-        self._queue: deque[_Job] = deque()
-        self._wakeup = asyncio.Event()  # set when images arrive
-        self._idle = asyncio.Event()  # set while the queue is empty and no batch runs
-        self._idle.set()
-        self._incoming = 0  # images being decoded by requests that will submit them soon
-        self._inline_batch = 0  # images in the last batch if it ran on the event loop, else 0
-        self._inline_max_pixels = 0  # a batch of at most this many pixels runs inline; set by the warm-up
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glimpse-inference")
         if config.channels_last:
             # Module.to accepts memory_format at run time; torch's stubs omit it.
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -179,32 +148,46 @@ class InferenceEngine:
             else None
         )
 
-    # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._batch_loop(), name="glimpse-batcher")
+    @property
+    def precision(self) -> Precision:
+        """The arithmetic of the forward pass, as /models reports it."""
+        return precision_name(self.config.amp_dtype)
 
-    async def stop(self, drain_timeout_s: float = 10.0) -> None:
-        """Refuse new work, let queued images finish (bounded), then stop the task and the thread."""
-        self._closing = True
-        with suppress(TimeoutError):
-            async with asyncio.timeout(drain_timeout_s):
-                await self._idle.wait()
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-        for job in self._queue:
-            if not job.future.done():
-                job.future.set_exception(ModelNotReady("the service is shutting down"))
-        self._queue.clear()
-        self._executor.shutdown(wait=True)
+    # -- what the batcher calls --------------------------------------------------------------------
+    def split(self, work: list[ImageWork]) -> list[list[int]]:
+        """Groups of a batch's images to run one forward pass each (:func:`plan_groups`)."""
+        sizes = [(int(item.pixels.shape[0]), int(item.pixels.shape[1])) for item in work]
+        return plan_groups(sizes, self.config.max_batch_pixels)
 
-    async def warm_up(self, channels: int, image_size: int, max_batch_size: int) -> None:
-        """Run each power-of-two batch shape once (oneDNN/cuDNN kernels, allocator) on the model thread."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._warm_up, channels, image_size, max_batch_size)
+    def run(self, work: list[ImageWork]) -> list[Prediction | GlimpseError]:
+        """One group's predictions; when the device runs out of memory, retried in halves, down to
+        single images. An image that does not fit alone gets :class:`Overloaded` (503); the thread and
+        the rest of the batch carry on."""
+        try:
+            return list(
+                self.forward_batch(
+                    [item.pixels for item in work],
+                    [item.top_k for item in work],
+                    [item.map_request for item in work],
+                )
+            )
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(work) == 1:
+                logger.warning("out of memory on a single image; answering 503")
+                return [Overloaded("out of device memory for this image; retry later", {"Retry-After": "1"})]
+            logger.warning("out of memory on a batch of %d; retrying in halves", len(work))
+            half = len(work) // 2
+            return self.run(work[:half]) + self.run(work[half:])
 
-    def _warm_up(self, channels: int, image_size: int, max_batch_size: int) -> None:
+    def warm_up(self, channels: int, image_size: int, max_batch_size: int) -> float:
+        """Run each power-of-two batch shape once (oneDNN/cuDNN kernels, allocator), record the CUDA
+        graphs, and measure the cost of a pixel; synchronously, on the thread that will run batches.
+
+        Returns:
+            Seconds per pixel of the largest batch, its kernels built: the batcher's cost estimate.
+        """
         batch_size = 1
         while True:
             images = [torch.zeros(image_size, image_size, channels, dtype=torch.uint8)] * batch_size
@@ -214,11 +197,9 @@ class InferenceEngine:
             if batch_size >= max_batch_size:
                 break
             batch_size = min(batch_size * 2, max_batch_size)
-        if self.device.type == "cpu" and self.config.inline_max_seconds > 0:
-            started = time.perf_counter()  # the largest batch again, its kernels built: the cost estimate
-            self.forward_batch(images, [1] * batch_size, [None] * batch_size)
-            seconds_per_pixel = (time.perf_counter() - started) / (batch_size * image_size * image_size)
-            self._inline_max_pixels = int(self.config.inline_max_seconds / seconds_per_pixel)
+        started = time.perf_counter()  # the largest batch again, its kernels built: the cost estimate
+        self.forward_batch(images, [1] * batch_size, [None] * batch_size)
+        seconds_per_pixel = (time.perf_counter() - started) / (batch_size * image_size * image_size)
         sizes = [(image_size, image_size), (image_size + 3, image_size + 5)]  # the padded path too
         padded = [torch.zeros(h, w, channels, dtype=torch.uint8) for h, w in sizes]
         self.forward_batch(padded, [1, 1], [None, None])
@@ -231,166 +212,7 @@ class InferenceEngine:
             except RuntimeError as exc:  # a driver or build that cannot record them: serve without
                 logger.warning("CUDA graphs not recorded, serving without them: %s", exc)
                 self._graphed = None
-
-    # -- submission --------------------------------------------------------------------------------
-    @contextmanager
-    def expecting(self, count: int) -> Iterator[None]:
-        """Tell the batcher that ``count`` images are being decoded and will be submitted shortly.
-
-        Raises:
-            Overloaded: Queued plus decoding images would exceed the queue size: refused before any
-                decoding, so a burst far above capacity gets its 503s at once.
-        """
-        if len(self._queue) + self._incoming + count > self.config.max_queue_size:
-            raise Overloaded("the inference queue is full; retry shortly", headers={"Retry-After": "1"})
-        self._incoming += count
-        try:
-            yield
-        finally:
-            self._incoming -= count
-
-    @property
-    def precision(self) -> Precision:
-        """The arithmetic of the forward pass, as /models reports it."""
-        return precision_name(self.config.amp_dtype)
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self._queue)
-
-    async def predict(
-        self, images: list[Tensor], top_k: int, map_request: MapRequest | None, deadline: float
-    ) -> list[Prediction]:
-        """Queue images (all or none) and wait for their predictions.
-
-        Args:
-            images: Pixels in the card's colour mode, (H, W, C) uint8 each, as decoding gives them.
-            top_k: Classes to return per image.
-            map_request: Which map to attach, or None.
-            deadline: A ``time.perf_counter`` value.
-
-        Raises:
-            ModelNotReady: The engine is shutting down.
-            Overloaded: The queue has no room for all the images.
-            DeadlineExceeded: ``deadline`` (a ``time.perf_counter`` value) passed while queued.
-        """
-        if self._closing:
-            raise ModelNotReady("the service is shutting down", headers={"Retry-After": "1"})
-        if len(self._queue) + len(images) > self.config.max_queue_size:
-            raise Overloaded("the inference queue is full; retry shortly", headers={"Retry-After": "1"})
-        loop = asyncio.get_running_loop()
-        jobs = [_Job(image, top_k, map_request, deadline, loop.create_future()) for image in images]
-        self._queue.extend(jobs)
-        self._idle.clear()
-        self.metrics.queue_depth.set(len(self._queue))
-        self._wakeup.set()
-        try:
-            if len(jobs) == 1:  # most requests: no gathering future and callbacks to set up
-                return [await jobs[0].future]
-            return list(await asyncio.gather(*(job.future for job in jobs)))
-        finally:
-            for job in jobs:  # a caller that gave up (timeout, disconnect) frees its queue slots
-                job.future.cancel()
-
-    # -- batching ----------------------------------------------------------------------------------
-    async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._queue:
-                self._idle.set()
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            flush_at = self._queue[0].enqueued_at + self.config.max_batch_delay_ms / 1000
-            while len(self._queue) < self.config.max_batch_size and (
-                self._incoming > 0 or len(self._queue) < self._inline_batch
-            ):
-                remaining = flush_at - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    break
-            jobs = self._take_batch()
-            if not jobs:
-                continue
-            inline = sum(job.pixels.shape[0] * job.pixels.shape[1] for job in jobs) <= self._inline_max_pixels
-            self._inline_batch = len(jobs) if inline else 0
-            try:
-                if inline:
-                    results = self._run_jobs(jobs)
-                else:
-                    results = await loop.run_in_executor(self._executor, self._run_jobs, jobs)
-            except Exception as exc:
-                logger.exception("forward pass failed for a batch of %d", len(jobs))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            for job, result in zip(jobs, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(result, Overloaded):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
-
-    def _take_batch(self) -> list[_Job]:
-        now = time.perf_counter()
-        jobs: list[_Job] = []
-        while self._queue and len(jobs) < self.config.max_batch_size:
-            job = self._queue.popleft()
-            if job.future.done():
-                continue
-            if job.deadline <= now:
-                job.future.set_exception(
-                    DeadlineExceeded("the request's deadline passed while it was queued")
-                )
-                continue
-            self.metrics.queue_wait_seconds.observe(now - job.enqueued_at)
-            jobs.append(job)
-        self.metrics.queue_depth.set(len(self._queue))
-        return jobs
-
-    # -- the forward pass (inference thread or, for short CPU batches, the event loop) ---------------
-    def _run_jobs(self, jobs: list[_Job]) -> list[Prediction | Overloaded]:
-        started = time.perf_counter()
-        sizes = [(int(job.pixels.shape[0]), int(job.pixels.shape[1])) for job in jobs]
-        results: list[Prediction | Overloaded | None] = [None] * len(jobs)
-        for group in plan_groups(sizes, self.config.max_batch_pixels):
-            predictions = self._forward_or_split([jobs[i] for i in group])
-            for index, prediction in zip(group, predictions, strict=True):
-                results[index] = prediction
-        self.metrics.batch_size.observe(len(jobs))
-        self.metrics.inference_seconds.observe(time.perf_counter() - started)
-        assert all(result is not None for result in results)
-        return [result for result in results if result is not None]
-
-    def _forward_or_split(self, jobs: list[_Job]) -> list[Prediction | Overloaded]:
-        """Run the jobs; when the device runs out of memory, retry in halves, down to single images.
-
-        An image that does not fit alone gets :class:`Overloaded` (503); the thread and the rest of the
-        batch carry on.
-        """
-        try:
-            return list(
-                self.forward_batch(
-                    [job.pixels for job in jobs],
-                    [job.top_k for job in jobs],
-                    [job.map_request for job in jobs],
-                )
-            )
-        except torch.OutOfMemoryError:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(jobs) == 1:
-                logger.warning("out of memory on a single image; answering 503")
-                return [Overloaded("out of device memory for this image; retry later", {"Retry-After": "1"})]
-            logger.warning("out of memory on a batch of %d; retrying in halves", len(jobs))
-            half = len(jobs) // 2
-            return self._forward_or_split(jobs[:half]) + self._forward_or_split(jobs[half:])
+        return seconds_per_pixel
 
     @torch.inference_mode()
     def forward_batch(
@@ -419,13 +241,7 @@ class InferenceEngine:
             predictions = self._predictions(scores, indices, top_ks)
             if map_outputs:
                 targets, grids, heats = map_outputs
-                for i, (request, target, heat) in enumerate(
-                    zip(map_requests, targets.tolist(), heats.numpy(), strict=True)
-                ):
-                    if request is not None:
-                        predictions[i].target = target
-                        predictions[i].grid = grids[i]
-                        predictions[i].heat = heat
+                self._attach_maps(predictions, map_requests, targets, list(grids), list(heats.numpy()))
             return predictions
         return self._mixed_work(x, input_size, requested, kinds, sizes, top_ks, map_requests)
 
@@ -442,14 +258,12 @@ class InferenceEngine:
             scores and indices (B, K), best first; with a map also targets (B,), grids (B, h, w) float32
             and heat images (B, H, W) uint8.
         """
-        with self._autocast():
-            output = self.model(x)
-        scores, indices = rank_classes(output.logits)
+        output, scores, indices = self._ranked(x, None)
         if kind is None:
             return scores, indices
         assert requested is not None
-        targets = torch.where(requested >= 0, requested, indices[:, 0])
-        grids = (output.evidence(targets) if kind == "evidence" else output.attention).float()
+        targets = self._targets(requested, indices)
+        grids = self._map(output, targets, kind)
         heats = render_heatmaps(grids, x.shape[-2], x.shape[-1], self.model.config.feature_stride)
         return scores, indices, targets, grids, heats
 
@@ -464,32 +278,64 @@ class InferenceEngine:
         map_requests: list[MapRequest | None],
     ) -> list[Prediction]:
         """Predictions for a padded batch, or one wanting both kinds of map or maps of large images."""
-        with self._autocast():
-            output = self.model(x, input_size)
-        scores, indices = rank_classes(output.logits)
+        output, scores, indices = self._ranked(x, input_size)
         if requested is None:
             scores, indices = self._to_host(scores, indices)
             return self._predictions(scores, indices, top_ks)
-        targets = torch.where(requested >= 0, requested, indices[:, 0])
+        targets = self._targets(requested, indices)
         empty = targets.new_zeros(0)
-        maps: dict[MapKind, Tensor] = {
-            "evidence": output.evidence(targets).float() if "evidence" in kinds else empty,
-            "attention": output.attention.float() if "attention" in kinds else empty,
-        }
+        maps = {kind: self._map(output, targets, kind) if kind in kinds else empty for kind in _KINDS}
         groups = self._render_groups(maps, map_requests, sizes)
         scores, indices, targets, maps["evidence"], maps["attention"], *heats = self._to_host(
             scores, indices, targets, maps["evidence"], maps["attention"], *(heat for _, heat in groups)
         )
-        predictions = self._predictions(scores, indices, top_ks)
-        for i, (request, target) in enumerate(zip(map_requests, targets.tolist(), strict=True)):
+        grids: list[Tensor | None] = [None] * len(sizes)
+        for i, request in enumerate(map_requests):
             if request is not None:
                 grid_height, grid_width = self._grid_size(sizes[i])
-                predictions[i].target = target
-                predictions[i].grid = maps[request.kind][i, :grid_height, :grid_width]
+                grids[i] = maps[request.kind][i, :grid_height, :grid_width]
+        heat_images: list[NDArray[np.uint8] | None] = [None] * len(sizes)
         for (members, _), heat in zip(groups, heats, strict=True):
             for i, image_heat in zip(members, heat.numpy(), strict=True):
-                predictions[i].heat = image_heat
+                heat_images[i] = image_heat
+        predictions = self._predictions(scores, indices, top_ks)
+        self._attach_maps(predictions, map_requests, targets, grids, heat_images)
         return predictions
+
+    # -- the steps both paths share ----------------------------------------------------------------
+    def _ranked(self, x: Tensor, input_size: Tensor | None) -> tuple[AttentionOutput, Tensor, Tensor]:
+        """The forward pass under autocast, and every class ranked by probability, best first."""
+        with self._autocast():
+            output = self.model(x, input_size)
+        scores, indices = rank_classes(output.logits)
+        return output, scores, indices
+
+    @staticmethod
+    def _targets(requested: Tensor, indices: Tensor) -> Tensor:
+        """Each image's map class: the requested one, or its top class where none was (-1)."""
+        return torch.where(requested >= 0, requested, indices[:, 0])
+
+    @staticmethod
+    def _map(output: AttentionOutput, targets: Tensor, kind: MapKind) -> Tensor:
+        """The batch's maps of one kind over the (padded) feature grid, (B, h, w) float32."""
+        return (output.evidence(targets) if kind == "evidence" else output.attention).float()
+
+    @staticmethod
+    def _attach_maps(
+        predictions: list[Prediction],
+        map_requests: list[MapRequest | None],
+        targets: Tensor,
+        grids: list[Tensor | None],
+        heats: list[NDArray[np.uint8] | None],
+    ) -> None:
+        """Give each prediction that asked for a map its target class, grid and heat image (host copies)."""
+        for prediction, request, target, grid, heat in zip(
+            predictions, map_requests, targets.tolist(), grids, heats, strict=True
+        ):
+            if request is not None:
+                prediction.target = target
+                prediction.grid = grid
+                prediction.heat = heat
 
     @staticmethod
     def _predictions(scores: Tensor, indices: Tensor, top_ks: list[int]) -> list[Prediction]:
@@ -568,7 +414,7 @@ class InferenceEngine:
         """Heat images of the requested maps, rendered on the device with one call per image size.
 
         Each map is cut to its image's valid feature grid and resampled onto the image's pixels (see
-        :func:`~app.pipeline.imaging.render_heatmaps`); on a GPU this costs the host nothing but the copy of
+        :func:`~models.maps.render_heatmaps`); on a GPU this costs the host nothing but the copy of
         the (B, H, W) uint8 result. Images above :data:`RENDER_IN_BATCH_MAX_PIXELS` are left to the
         predictor, so that resampling a 4096² map never holds up the next forward pass.
 

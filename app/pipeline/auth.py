@@ -25,7 +25,7 @@ def check_api_key(keys: Sequence[bytes], headers: Iterable[tuple[bytes, bytes]])
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"x-api-key":
-            presented.append(value.strip())
+            presented.append(value)
         elif lowered == b"authorization":
             scheme, _, token = value.partition(b" ")
             if scheme.lower() == b"bearer":

@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 from PIL import Image
 from starlette.types import Receive, Scope
 
-from app.engine.forward import InferenceEngine, MapRequest, Prediction
+from app.engine.engine import InferenceEngine
+from app.engine.forward import MapRequest, Prediction
 from app.errors import (
     DeadlineExceeded,
     GlimpseError,
@@ -41,11 +42,12 @@ from app.errors import (
 )
 from app.pipeline import answers
 from app.pipeline.auth import check_api_key
-from app.pipeline.imaging import DecodedImage, convert_image, open_image, render_heatmaps
+from app.pipeline.imaging import DecodedImage, convert_image, open_image
 from app.pipeline.query import Operation, Query, parse_query
 from app.pipeline.uploads import check_declared_length, media_type, parse_upload, read_body
 from app.runtime.metrics import Metrics
 from models.checkpoint import ModelCard
+from models.maps import render_heatmaps
 
 logger = logging.getLogger("glimpse.pipeline")
 
@@ -187,22 +189,23 @@ class Pipeline:
             map_request = MapRequest(query.kind, target)
         async with _deadline(self.limits.request_timeout_s) as deadline:
             count = len(images)
-            with self.engine.expecting(count):  # refuses a burst before any decoding
-                small_files = all(_size(image) <= INLINE_MAX_BYTES for image in images)
-                opened = await self._per_item(
-                    lambda item: _for_image(item[0], count, self._open, item[1]),
-                    list(enumerate(images)),
-                    inline=small_files,
-                )
+            small_files = all(_size(image) <= INLINE_MAX_BYTES for image in images)
+            opened = await self._per_item(
+                lambda item: _for_image(item[0], count, self._open, item[1]),
+                list(enumerate(images)),
+                inline=small_files,
+            )
+            pixel_counts = [image.width * image.height for image in opened]
+            # Admitted by the headers' sizes: a request too large for the budget or its deadline is
+            # refused before any decoding, and its pixels count until it has its predictions.
+            with self.engine.admit(pixel_counts, deadline) as admission:
                 convert = partial(convert_image, spec=self.card.preprocessing, keep_rgb=keep_rgb)
                 decoded = await self._per_image(
                     lambda item: _for_image(item[0], count, convert, item[1]),
                     list(enumerate(opened)),
-                    [image.width * image.height for image in opened],
+                    pixel_counts,
                 )
-            predictions = await self.engine.predict(
-                [d.pixels for d in decoded], query.top_k, map_request, deadline
-            )
+                predictions = await admission.predict([d.pixels for d in decoded], query.top_k, map_request)
             results = [ImageResult(d, p) for d, p in zip(decoded, predictions, strict=True)]
             if map_request is not None and any(r.prediction.heat is None for r in results):
                 await self._in_pool(self._render_heat, results)

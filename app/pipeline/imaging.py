@@ -17,14 +17,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
 from app.pipeline.colormaps import COLORMAPS
-from models.attention_net import upsample_to_input as model_upsample_to_input
 from models.checkpoint import Preprocessing
 from models.preprocessing import to_8bit, to_pixels
 
@@ -52,27 +50,14 @@ class DecodedImage:
     rgb: NDArray[np.uint8] | None = None
 
 
-def decode_image(
-    data: bytes, spec: Preprocessing, max_pixels: int, min_size: int, keep_rgb: bool = False
-) -> DecodedImage:
-    """Decode any image Pillow reads safely and convert it as the model card says.
-
-    The first frame of an animated GIF or the first page of a TIFF is used; EXIF orientation is applied.
+def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
+    """Read only the header and check the declared size: the cheap first half of decoding.
 
     Raises:
         UnsupportedImage: Pillow does not recognise the format.
         ImageTooLarge: The declared width×height exceeds ``max_pixels``.
         ImageTooSmall: Width or height is below ``min_size``.
-        InvalidImage: The file is recognised but truncated or corrupt.
-    """
-    return convert_image(open_image(data, max_pixels, min_size), spec, keep_rgb)
-
-
-def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
-    """Read only the header and check the declared size: the cheap first half of :func:`decode_image`.
-
-    Raises:
-        UnsupportedImage, ImageTooLarge, ImageTooSmall, InvalidImage: As :func:`decode_image`.
+        InvalidImage: The file is recognised but its header is broken.
     """
     if not data:
         raise InvalidImage("the image is empty")
@@ -114,49 +99,6 @@ def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = Fals
         raise InvalidImage(f"the image could not be decoded: {exc}") from exc
     height, width = pixels.shape[:2]
     return DecodedImage(pixels, int(width), int(height), rgb)
-
-
-def render_heatmaps(maps: Tensor, input_height: int, input_width: int, stride: int) -> Tensor:
-    """Resample the positive part of feature-grid maps onto the input's pixels as 8-bit heat images.
-
-    Negative evidence shows as 0 (attention maps are never negative, so they are unchanged). One
-    batched call for maps of images of one size, on the tensors' device: the engine renders a batch's
-    maps together on the model's device, instead of a few tensor operations per image on the event loop.
-
-    The maps are scaled before they are resampled, on their few grid cells instead of every pixel. That
-    changes nothing: the resampling puts each cell on a pixel and makes every other pixel a convex
-    combination of cells, so a map's peak is the same on the grid as on the pixels.
-
-    Args:
-        maps: (B, h, w) maps over each image's valid feature grid.
-        input_height: Height of the images in pixels.
-        input_width: Width of the images in pixels.
-        stride: The network's feature stride.
-
-    Returns:
-        (B, input_height, input_width) uint8 heat images, scaled as :func:`heatmaps_to_uint8` scales.
-    """
-    scaled = model_upsample_to_input(scale_peaks_to_255(maps), input_height, input_width, stride)
-    return scaled.round_().to(torch.uint8)  # in [0, 255] already: convex combinations of [0, 255]
-
-
-def heatmaps_to_uint8(heatmaps: Tensor) -> Tensor:
-    """Scale each (H, W) map of a (B, H, W) batch so its maximum is 255, negatives to 0, rounding to
-    nearest; a map with no positive (or a non-finite) maximum becomes all zero."""
-    return scale_peaks_to_255(heatmaps).round_().to(torch.uint8)
-
-
-def scale_peaks_to_255(maps: Tensor) -> Tensor:
-    """The positive part of each (H, W) map of a (B, H, W) batch, scaled so its maximum is 255; float32.
-
-    A map with no positive maximum, or with any NaN or infinity, becomes all zero: blank, never garbage.
-    """
-    positive = maps.float().clamp(min=0)
-    if positive.numel() == 0:
-        return positive
-    peak = positive.amax(dim=(1, 2), keepdim=True)
-    scale = (255.0 / peak).nan_to_num_(nan=0.0, posinf=0.0)  # a zero peak gives inf; a NaN peak, NaN
-    return (positive * scale).nan_to_num_(nan=0.0)  # an infinite or NaN map times 0 gives NaN
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -31,14 +31,15 @@ SWITCHES = {
 
 
 def check_no_implicit_sync() -> None:
-    from app.engine.forward import EngineConfig, InferenceEngine, MapRequest
-    from app.runtime.metrics import Metrics
+    from app.config import Settings
+    from app.engine.engine import EngineConfig
+    from app.engine.forward import ForwardWork, MapRequest
     from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
     model, card = load_model(DEFAULT_MODEL_DIR, "cuda")
-    config = EngineConfig(amp_dtype=torch.bfloat16)
+    config = EngineConfig.from_settings(Settings(cuda_graphs=False), torch.bfloat16).forward
     model = model.fuse_for_inference()
-    engine = InferenceEngine(model, card.preprocessing, torch.device("cuda"), config, Metrics())
+    engine = ForwardWork(model, card.preprocessing, torch.device("cuda"), config)
     images = [torch.zeros(60, 60, 1, dtype=torch.uint8)] * 8
     padded = [torch.zeros(60 + i, 61 - i, 1, dtype=torch.uint8) for i in range(8)]  # one padded batch
     for batch in (images, padded):  # warm: first calls may sync

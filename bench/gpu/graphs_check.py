@@ -14,7 +14,6 @@ the median of seven timings.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from collections.abc import Callable
@@ -23,22 +22,24 @@ from functools import partial
 import numpy as np
 import torch
 
-from app.engine.forward import EngineConfig, InferenceEngine, MapRequest, Prediction
-from app.runtime.metrics import Metrics
+from app.config import Settings
+from app.engine.engine import EngineConfig
+from app.engine.forward import ForwardWork, MapRequest, Prediction
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
 SIZE = 60
 
 
-def engine(cuda_graphs: bool) -> InferenceEngine:
+def engine(cuda_graphs: bool) -> ForwardWork:
     torch.cuda.synchronize()
     before = torch.cuda.memory_reserved()
     model, card = load_model(DEFAULT_MODEL_DIR, "cuda")
-    config = EngineConfig(amp_dtype=torch.bfloat16, cuda_graphs=cuda_graphs)
+    settings = Settings(cuda_graphs=cuda_graphs)
+    config = EngineConfig.from_settings(settings, torch.bfloat16).forward
     device = torch.device("cuda")
-    built = InferenceEngine(model.fuse_for_inference(), card.preprocessing, device, config, Metrics())
+    built = ForwardWork(model.fuse_for_inference(), card.preprocessing, device, config)
     started = time.perf_counter()
-    asyncio.run(built.warm_up(card.config.in_channels, SIZE, config.max_batch_size))
+    built.warm_up(card.config.in_channels, SIZE, settings.max_batch_size)
     torch.cuda.synchronize()
     print(
         f"engine, graphs {'on' if cuda_graphs else 'off'}: warm-up {time.perf_counter() - started:.2f} s, "

@@ -2,9 +2,9 @@
 
 * schemathesis generates requests for every operation of ``/openapi.json`` (valid and invalid
   parameters and bodies) against the real session server: none may answer 5xx.
-* hypothesis feeds :func:`app.pipeline.imaging.decode_image` random bytes and mutated real images (truncated,
-  bytes flipped, header fields overwritten): it returns a valid model input or raises a 4xx domain
-  error — never anything else.
+* hypothesis feeds the decoder (:func:`app.pipeline.imaging.open_image`, then ``convert_image``)
+  random bytes and mutated real images (truncated, bytes flipped, header fields overwritten): it
+  returns a valid model input or raises a 4xx domain error — never anything else.
 
 Bounded for the default suite (a few hundred cases, well under a minute); raise ``FUZZ_EXAMPLES`` for a
 longer run: ``FUZZ_EXAMPLES=2000 .venv/bin/pytest tests/test_hardening_fuzz.py``.
@@ -29,7 +29,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from app.errors import GlimpseError
-from app.pipeline.imaging import ALLOWED_FORMATS, decode_image
+from app.pipeline.imaging import ALLOWED_FORMATS, convert_image, open_image
 from models.checkpoint import DEFAULT_MODEL_DIR, read_card
 from tests.helpers import E2E_API_KEY
 
@@ -111,7 +111,7 @@ def mutated_images(draw: st.DrawFn) -> bytes:
 def _check_decode(data: bytes) -> None:
     refusal: GlimpseError | None
     try:
-        decoded = decode_image(data, SPEC, max_pixels=MAX_PIXELS, min_size=MIN_SIZE, keep_rgb=True)
+        decoded = convert_image(open_image(data, MAX_PIXELS, MIN_SIZE), SPEC, keep_rgb=True)
     except GlimpseError as error:
         refusal = error
     else:

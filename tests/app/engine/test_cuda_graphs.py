@@ -8,28 +8,26 @@ it on the GPU host).
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 import torch
 
 from app.config import Settings
 from app.engine.cuda_graphs import GraphedBatch, cheapest_plan
-from app.engine.forward import EngineConfig, InferenceEngine, MapKind, MapRequest, Prediction
-from app.runtime.metrics import Metrics
+from app.engine.engine import EngineConfig
+from app.engine.forward import ForwardWork, MapKind, MapRequest, Prediction
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
-def make_engine(device: str, cuda_graphs: bool) -> InferenceEngine:
+def make_engine(device: str, cuda_graphs: bool) -> ForwardWork:
     model, card = load_model(DEFAULT_MODEL_DIR, device)
-    config = EngineConfig(max_batch_size=8, amp_dtype=torch.bfloat16, cuda_graphs=cuda_graphs)
-    model = model.fuse_for_inference()
-    engine = InferenceEngine(model, card.preprocessing, torch.device(device), config, Metrics())
-    asyncio.run(engine.warm_up(card.config.in_channels, 60, 8))
-    return engine
+    settings = Settings(_env_file=None, max_batch_size=8, cuda_graphs=cuda_graphs)
+    config = EngineConfig.from_settings(settings, torch.bfloat16).forward
+    forward = ForwardWork(model.fuse_for_inference(), card.preprocessing, torch.device(device), config)
+    forward.warm_up(card.config.in_channels, 60, settings.max_batch_size)
+    return forward
 
 
 def canvases(count: int) -> list[torch.Tensor]:
@@ -110,7 +108,7 @@ def test_a_graphed_batch_answers_as_the_eager_pass(count: int, kind: MapKind | N
     )
 
 
-def split_every_batch(engine: InferenceEngine) -> None:
+def split_every_batch(engine: ForwardWork) -> None:
     """Plan every batch as a compute-bound pass would: its binary digits, smallest first."""
     graphed = engine._graphed
     assert graphed is not None

@@ -13,15 +13,7 @@ from PIL import Image
 
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
 from app.pipeline.colormaps import COLORMAPS
-from app.pipeline.imaging import (
-    DecodedImage,
-    decode_image,
-    encode_png,
-    heatmaps_to_uint8,
-    overlay,
-    render_heatmaps,
-)
-from models.attention_net import upsample_to_input as model_upsample
+from app.pipeline.imaging import DecodedImage, convert_image, encode_png, open_image, overlay
 from models.checkpoint import Preprocessing
 from models.preprocessing import normalize_pixels, to_model_input
 from tests.helpers import png_bytes
@@ -30,7 +22,8 @@ SPEC = Preprocessing()  # the bundled model's: grayscale, mean 0.1, std 0.3
 
 
 def decode(data: bytes, max_pixels: int = 1 << 22, min_size: int = 16, keep_rgb: bool = False):  # type: ignore[no-untyped-def]
-    return decode_image(data, SPEC, max_pixels=max_pixels, min_size=min_size, keep_rgb=keep_rgb)
+    """The predictor's two steps: the header's checks, then the pixels."""
+    return convert_image(open_image(data, max_pixels, min_size), SPEC, keep_rgb)
 
 
 def model_input(decoded: DecodedImage) -> torch.Tensor:
@@ -157,38 +150,6 @@ def test_keep_rgb_gives_the_input_as_rgb_uint8() -> None:
     assert decoded.rgb is not None
     assert decoded.rgb.shape == (30, 40, 3)
     assert np.array_equal(decoded.rgb[..., 0], gradient())
-
-
-def test_heatmap_scaling_puts_each_maximum_at_255() -> None:
-    maps = torch.tensor(
-        [
-            [[0.0, 0.5], [1.0, 2.0]],
-            [[-1.0, 0.25], [0.5, 1.0]],  # negatives show as 0
-            [[0.0, 0.0], [0.0, 0.0]],  # nothing to show: all zero, not a division by zero
-            [[-1.0, -2.0], [-0.5, -3.0]],
-            [[1.0, float("nan")], [0.5, 0.25]],  # a broken map is blank, never garbage
-        ]
-    )
-    heat = heatmaps_to_uint8(maps)
-    assert heat.dtype == torch.uint8
-    assert heat.tolist() == [
-        [[0, 64], [128, 255]],
-        [[0, 64], [128, 255]],
-        [[0, 0], [0, 0]],
-        [[0, 0], [0, 0]],
-        [[0, 0], [0, 0]],
-    ]
-
-
-def test_batched_rendering_equals_rendering_each_map_alone() -> None:
-    maps = torch.rand(5, 15, 15) - 0.2
-    together = render_heatmaps(maps, 60, 57, 4)
-    assert together.shape == (5, 60, 57)
-    for index in range(5):
-        alone = render_heatmaps(maps[index : index + 1], 60, 57, 4)[0]
-        assert torch.equal(together[index], alone)
-        upsampled = model_upsample(maps[index : index + 1], 60, 57, 4)[0]
-        assert int(together[index].flatten()[int(upsampled.argmax())]) == 255  # the peak stays the peak
 
 
 @pytest.mark.parametrize("size", [(30, 40), (64, 64), (65, 64), (200, 120)])
