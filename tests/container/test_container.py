@@ -51,6 +51,21 @@ def test_compose_round_trip_and_graceful_stop(container_run: subprocess.Complete
 
 
 @pytest.mark.timeout(1900)
+def test_local_base_never_shadows_the_official_python_image(
+    container_run: subprocess.CompletedProcess[str],
+) -> None:
+    """Offline, the stand-in base keeps a tag of its own and reaches the build as PYTHON_IMAGE."""
+    assert container_run.returncode == 0, container_run.stderr[-4000:]
+    built_on = next(line for line in container_run.stderr.splitlines() if line.startswith("==> built on "))
+    base = built_on.removeprefix("==> built on ").split(";")[0]
+    pulled_or_present = "pulled python:3.11-slim" in container_run.stderr or (
+        "base image python:3.11-slim is present" in container_run.stderr
+    )
+    assert base == "python:3.11-slim" if pulled_or_present else base != "python:3.11-slim"
+    assert "no local stand-in is tagged python:3.11-slim" in built_on
+
+
+@pytest.mark.timeout(1900)
 def test_image_runs_unprivileged_with_healthcheck(container_run: subprocess.CompletedProcess[str]) -> None:
     assert container_run.returncode == 0, container_run.stderr[-4000:]
     line = next(line for line in container_run.stderr.splitlines() if line.startswith("==> image config: "))
