@@ -58,7 +58,7 @@ evaluate:
 	$(BIN)/python -m models.evaluate models/default
 
 # Needs root (it may start dockerd); installs the Debian packages it uses when they are missing.
-container-test: setup-dev
+container-test: setup-dev tools
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 		(apt-get update && apt-get install -y docker.io docker-compose debootstrap)
 	$(BIN)/pytest -m container

@@ -10,7 +10,10 @@
 #     from a local PEP 503 index (pip download + python -m http.server) and passes it as TORCH_INDEX_URL;
 #   - builds with host networking and hands pip this host's CA bundle as a BuildKit secret, so nothing
 #     machine-specific enters the Dockerfile or the image.
-# Usage: scripts/container_test.sh   (env: PYTHON, GLIMPSE_IMAGE, KEEP_ENGINE=1 to leave a started dockerd)
+# Then it runs the image as the Helm chart's pod does and checks its drain (scripts/chart_pod_check.py,
+# with helm from `make tools`).
+# Usage: scripts/container_test.sh   (env: PYTHON, GLIMPSE_IMAGE, HELM, KEEP_ENGINE=1 to leave a started
+# dockerd)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -212,6 +215,13 @@ ready_lines="$("${compose[@]}" logs --no-color glimpse | grep -c 'glimpse: ready
 exit_code="$(docker inspect --format '{{.State.ExitCode}}' "$container")"
 [[ "$exit_code" == 0 ]] || { log "container exited with $exit_code after SIGTERM"; exit 1; }
 log "container stopped cleanly (exit code 0)"
+
+# 3. The image as the Helm chart's pod runs it (its command, arguments, environment, user, read-only
+#    root with a tmpfs /tmp, no capabilities), and the drain the chart relies on: after SIGTERM,
+#    /health/ready answers 503 while /predict is still answered, then a clean exit in the grace period.
+log "the image as deploy/helm/glimpse runs it"
+"$PYTHON" -m scripts.chart_pod_check "$IMAGE" --port "$GLIMPSE_PORT" --helm "${HELM:-.tools/helm}"
+
 if [[ "$(docker image inspect --format '{{.Comment}}' "$OFFICIAL_BASE" 2>/dev/null)" == *"debootstrap stand-in"* ]]; then
     log "a local stand-in is tagged $OFFICIAL_BASE"
     exit 1
