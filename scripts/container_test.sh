@@ -3,20 +3,28 @@
 # /attention-map, check the JSON, check that SIGTERM lets an in-flight request finish, and tear down
 # (always). Works online and offline:
 #   - starts dockerd when no engine answers (needs root);
-#   - uses the real python:3.11-slim when it is present or can be pulled, else builds a stand-in with
-#     scripts/container_base.sh (debootstrap);
+#   - uses the real python:3.11-slim when it is present or can be pulled, else a stand-in built by
+#     scripts/container_base.sh (debootstrap) under a tag of its own, never python:3.11-slim, passed to
+#     the build as PYTHON_IMAGE;
 #   - when download.pytorch.org is unreachable, serves this host's torch wheel and its dependencies
 #     from a local PEP 503 index (pip download + python -m http.server) and passes it as TORCH_INDEX_URL;
 #   - builds with host networking and hands pip this host's CA bundle as a BuildKit secret, so nothing
 #     machine-specific enters the Dockerfile or the image.
-# Usage: scripts/container_test.sh   (env: PYTHON, GLIMPSE_IMAGE, KEEP_ENGINE=1 to leave a started dockerd)
+# Then it runs the image as the Helm chart's pod does and checks its drain (scripts/chart_pod_check.py,
+# with helm from `make tools`).
+# Usage: scripts/container_test.sh   (env: PYTHON, GLIMPSE_IMAGE, HELM, KEEP_ENGINE=1 to leave a started
+# dockerd)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 IMAGE="${GLIMPSE_IMAGE:-glimpse:cpu}"
 export GLIMPSE_IMAGE="$IMAGE"  # docker-compose.yml runs this tag
-BASE_IMAGE="python:3.11-slim"
+OFFICIAL_BASE="python:3.11-slim"  # the Dockerfile's default PYTHON_IMAGE
+# The local stand-in's own tag: tagged python:3.11-slim, it would shadow the official image on this
+# machine for every later build and `docker run`.
+STANDIN_BASE="${GLIMPSE_STANDIN_BASE:-glimpse-python-standin:3.11-bookworm}"
+base_image=""
 TORCH_VERSION="$(sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)"
 workdir="$(mktemp -d)"
 project="glimpse-test-$$"
@@ -67,12 +75,33 @@ ensure_engine() {
     return 1
 }
 
+# Sets base_image: the official image when it is here or can be pulled, else the local stand-in.
 ensure_base_image() {
-    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && { log "base image $BASE_IMAGE is present"; return; }
-    if timeout 300 docker pull "$BASE_IMAGE" >/dev/null 2>&1; then log "pulled $BASE_IMAGE"; return; fi
-    log "cannot pull $BASE_IMAGE: building a local stand-in with debootstrap"
+    local comment
+    comment="$(docker image inspect --format '{{.Comment}}' "$OFFICIAL_BASE" 2>/dev/null || true)"
+    if [[ "$comment" == *"debootstrap stand-in"* ]]; then
+        # Left by an older version of this test, which tagged its stand-in python:3.11-slim.
+        log "$OFFICIAL_BASE here is a local stand-in: retagging it $STANDIN_BASE"
+        docker tag "$OFFICIAL_BASE" "$STANDIN_BASE"
+        docker rmi "$OFFICIAL_BASE" >/dev/null
+    elif [[ -n "$comment" ]] || docker image inspect "$OFFICIAL_BASE" >/dev/null 2>&1; then
+        log "base image $OFFICIAL_BASE is present"
+        base_image="$OFFICIAL_BASE"
+        return
+    fi
+    if timeout 300 docker pull "$OFFICIAL_BASE" >/dev/null 2>&1; then
+        log "pulled $OFFICIAL_BASE"
+        base_image="$OFFICIAL_BASE"
+        return
+    fi
+    base_image="$STANDIN_BASE"
+    if docker image inspect "$STANDIN_BASE" >/dev/null 2>&1; then
+        log "cannot pull $OFFICIAL_BASE: using the local stand-in $STANDIN_BASE"
+        return
+    fi
+    log "cannot pull $OFFICIAL_BASE: building a local stand-in, $STANDIN_BASE, with debootstrap"
     local start=$SECONDS
-    scripts/container_base.sh "$BASE_IMAGE" >&2
+    scripts/container_base.sh "$STANDIN_BASE" >&2
     log "base image ready in $((SECONDS - start)) s"
 }
 
@@ -126,9 +155,10 @@ build_image() {
     local index_url="$1" ca_bundle build
     build="$(build_command)"
     ca_bundle="${PIP_CERT:-${SSL_CERT_FILE:-${REQUESTS_CA_BUNDLE:-}}}"
-    local args=(--network host --tag "$IMAGE" --build-arg "TORCH_INDEX_URL=$index_url")
+    local args=(--network host --tag "$IMAGE" --build-arg "PYTHON_IMAGE=$base_image"
+        --build-arg "TORCH_INDEX_URL=$index_url")
     [[ -s "$ca_bundle" ]] && args+=(--secret "id=pip_ca,src=$ca_bundle")
-    log "building $IMAGE ($build)"
+    log "building $IMAGE on $base_image ($build)"
     local start=$SECONDS
     $build --progress plain "${args[@]}" . >"$workdir/build.log" 2>&1 || { tail -40 "$workdir/build.log" >&2; return 1; }
     log "built $IMAGE in $((SECONDS - start)) s; size $(docker image inspect --format '{{.Size}}' "$IMAGE" \
@@ -185,4 +215,16 @@ ready_lines="$("${compose[@]}" logs --no-color glimpse | grep -c 'glimpse: ready
 exit_code="$(docker inspect --format '{{.State.ExitCode}}' "$container")"
 [[ "$exit_code" == 0 ]] || { log "container exited with $exit_code after SIGTERM"; exit 1; }
 log "container stopped cleanly (exit code 0)"
+
+# 3. The image as the Helm chart's pod runs it (its command, arguments, environment, user, read-only
+#    root with a tmpfs /tmp, no capabilities), and the drain the chart relies on: after SIGTERM,
+#    /health/ready answers 503 while /predict is still answered, then a clean exit in the grace period.
+log "the image as deploy/helm/glimpse runs it"
+"$PYTHON" -m scripts.chart_pod_check "$IMAGE" --port "$GLIMPSE_PORT" --helm "${HELM:-.tools/helm}"
+
+if [[ "$(docker image inspect --format '{{.Comment}}' "$OFFICIAL_BASE" 2>/dev/null)" == *"debootstrap stand-in"* ]]; then
+    log "a local stand-in is tagged $OFFICIAL_BASE"
+    exit 1
+fi
+log "built on $base_image; no local stand-in is tagged $OFFICIAL_BASE"
 log "PASS"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,32 @@ def test_compose_round_trip_and_graceful_stop(container_run: subprocess.Complete
     assert "POST /attention-map -> 200" in output
     assert "graceful stop:" in output
     assert "container stopped cleanly (exit code 0)" in output
+
+
+@pytest.mark.timeout(1900)
+def test_image_runs_as_the_helm_chart_pod_and_drains(container_run: subprocess.CompletedProcess[str]) -> None:
+    """The chart's command, environment and security context work, and its drain holds (chart_pod_check)."""
+    output = container_run.stdout + container_run.stderr
+    assert container_run.returncode == 0, output[-4000:]
+    assert "--read-only --cap-drop ALL --security-opt no-new-privileges --tmpfs /tmp" in output
+    assert "under the chart's security context" in output
+    assert re.search(r"drain: /health/ready 503 and /predict 200 in \d+ checks", output)
+    assert re.search(r"exited 0 [\d.]+ s after SIGTERM, within the \d+ s", output)
+
+
+@pytest.mark.timeout(1900)
+def test_local_base_never_shadows_the_official_python_image(
+    container_run: subprocess.CompletedProcess[str],
+) -> None:
+    """Offline, the stand-in base keeps a tag of its own and reaches the build as PYTHON_IMAGE."""
+    assert container_run.returncode == 0, container_run.stderr[-4000:]
+    built_on = next(line for line in container_run.stderr.splitlines() if line.startswith("==> built on "))
+    base = built_on.removeprefix("==> built on ").split(";")[0]
+    pulled_or_present = "pulled python:3.11-slim" in container_run.stderr or (
+        "base image python:3.11-slim is present" in container_run.stderr
+    )
+    assert base == "python:3.11-slim" if pulled_or_present else base != "python:3.11-slim"
+    assert "no local stand-in is tagged python:3.11-slim" in built_on
 
 
 @pytest.mark.timeout(1900)
