@@ -37,6 +37,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.config import Settings, describe_invalid_settings
+from app.runtime.device import amp_dtype_refusal
 
 APP = "app.main:app"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
@@ -266,10 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s", level=args.log_level.upper())
     try:
         # Uncached: the cached settings must be read after Supervisor.run sets WEB_CONCURRENCY.
-        Settings()
+        settings = Settings()
     except ValidationError as error:
         # Here, once: every worker would fail the same way, and be started again, forever.
         logger.error("invalid settings, not starting:\n%s", describe_invalid_settings(error))
+        return 1
+    refusal = amp_dtype_refusal(settings)
+    if refusal is not None:
+        logger.error("invalid settings, not starting:\n%s", refusal)
         return 1
     if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
         return Supervisor(args).run()
