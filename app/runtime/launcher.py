@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from app.config import Settings, describe_invalid_settings
 from app.runtime.device import amp_dtype_refusal
-from app.runtime.protocol import PROTOCOL
+from app.runtime.protocol import PROTOCOL, raise_file_limit
 
 APP = "app.main:app"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:
         logger.error("invalid settings, not starting:\n%s", refusal)
         return 1
+    raise_file_limit(settings.max_connections)
     if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
         return Supervisor(args).run()
     # uvicorn.run exits with STARTUP_FAILURE itself when the app cannot start.

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import resource
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,10 @@ from app.config import Settings, get_settings
 
 PROTOCOL = "app.runtime.protocol:GuardedProtocol"
 SWEEP_INTERVAL_S = 0.5
+# File descriptors a worker needs besides its connections: the listening socket, the model's files,
+# torch's and the decode pool's threads, logs.
+FD_RESERVE = 128
+logger = logging.getLogger("glimpse")
 HEADERS, BODY, WORKING = "headers", "body", "working"  # what a connection waits for: client, client, us
 
 
@@ -52,9 +58,38 @@ class ConnectionLimits:
             header_timeout_s=settings.header_timeout_s,
             body_timeout_s=settings.body_timeout_s,
             body_min_rate_bytes_s=settings.body_min_rate_bytes_s,
-            max_connections=settings.max_connections,
+            max_connections=connection_cap(settings.max_connections),
             max_pending_body_bytes=settings.max_pending_body_bytes,
         )
+
+
+def raise_file_limit(max_connections: int) -> None:
+    """Raise this process's open-file limit (soft, up to the hard one) to fit the connection cap.
+
+    Run before the workers start, which inherit it. A worker that runs out of descriptors cannot
+    accept even the connections it would let in.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(hard, wanted), hard)
+        )
+
+
+def connection_cap(max_connections: int) -> int:
+    """``GLIMPSE_MAX_CONNECTIONS``, lowered to what the open-file limit leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - FD_RESERVE >= max_connections:
+        return max_connections
+    cap = max(1, soft - FD_RESERVE)
+    logger.warning(
+        "open-file limit %d: at most %d connections, not GLIMPSE_MAX_CONNECTIONS=%d",
+        soft,
+        cap,
+        max_connections,
+    )
+    return cap
 
 
 def error_response(status: str, code: str, message: str, *headers: str) -> bytes:
