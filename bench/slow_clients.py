@@ -214,8 +214,9 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> dict[str, Any
         asyncio.create_task(probe(server.url, live, 200, stop, args.probe_interval_s)),
     ]
     peak = rss_before
-    started = time.monotonic()
     for attack in args.attack.split(","):
+        if attack == "none":  # the probes alone: the figures to compare with
+            continue
         stats[attack] = AttackStats()
         if attack == "header-flood":
             count, body = args.flood_connections, header_flood(stats[attack], args.header_mib)
@@ -231,6 +232,7 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> dict[str, Any
                 await asyncio.sleep(0.05)
                 peak = max(peak, server.rss_kib())
     open_at_most = {name: 0 for name in stats}
+    started = time.monotonic()  # once every attack connection is under way
     while time.monotonic() < started + args.duration_s:
         await asyncio.sleep(0.2)
         peak = max(peak, server.rss_kib())

@@ -10,9 +10,10 @@ plus the limits of :class:`ConnectionLimits`:
   over each ``body_timeout_s`` window (closed);
 * at most ``max_connections`` per worker: past it, a new connection displaces the one that has
   waited longest for its headers or sits on a stalled body, and with none such it is answered 503;
-* bodies still arriving hold at most ``max_pending_body_bytes`` per worker: past it an upload waits
-  with its reading paused, stalled uploads are closed after one sweep instead of a window, and
-  when every upload waits, the one nearest completion goes on.
+* bodies still arriving hold at most ``max_pending_body_bytes`` per worker: past it an upload of
+  more than :data:`FREE_BODY_BYTES` waits with its reading paused, such uploads are closed after
+  one sweep without progress instead of a window, and when every upload waits, the one nearest
+  completion goes on.
 
 The request path gains counters only. The timeouts are checked by one sweep per worker every
 :data:`SWEEP_INTERVAL_S`, which also notes when each connection entered its current phase; no timer
@@ -35,6 +36,9 @@ from app.config import Settings, get_settings
 
 PROTOCOL = "app.runtime.protocol:GuardedProtocol"
 SWEEP_INTERVAL_S = 0.5
+# Bodies up to this size are never held for the body budget: an ordinary image goes through while
+# big uploads wait. Stalled ones are still closed.
+FREE_BODY_BYTES = 1024 * 1024
 # File descriptors a worker needs besides its connections: the listening socket, the model's files,
 # torch's and the decode pool's threads, logs.
 FD_RESERVE = 128
@@ -157,7 +161,7 @@ class Guard:
         self.connections[protocol] = None
         if len(self.connections) <= self.limits.max_connections:
             return True
-        victim = self.most_idle(exclude=protocol)
+        victim = self.longest_waiting(exclude=protocol)
         if victim is None:
             self.shed["refused"] += 1
             return False
@@ -165,16 +169,24 @@ class Guard:
         victim.close(TIMED_OUT if victim.phase() == HEADERS and victim.received else b"")
         return True
 
-    def most_idle(self, exclude: GuardedProtocol) -> GuardedProtocol | None:
-        """The connection that has waited longest on its client (headers, or a stalled body)."""
+    def longest_waiting(self, exclude: GuardedProtocol) -> GuardedProtocol | None:
+        """A connection waiting on its client (for headers, or on a stalled body), oldest first.
+
+        The oldest connection that has waited since before the last sweep, found in arrival order:
+        under a flood of slow connections, the first one looked at. Failing that, the one whose
+        wait began first.
+        """
+        settled = self.loop.time() - SWEEP_INTERVAL_S
         best: GuardedProtocol | None = None
         for protocol in self.connections:
             if protocol is exclude or protocol.closing:
                 continue
             phase = protocol.phase()
-            waiting = phase == HEADERS or (phase == BODY and protocol.stalled_for_a_sweep)
-            if waiting and (best is None or protocol.phase_since < best.phase_since):
-                best = protocol
+            if phase == HEADERS or (phase == BODY and protocol.stalled_for_a_sweep):
+                if protocol.phase_since < settled:
+                    return protocol
+                if best is None or protocol.phase_since < best.phase_since:
+                    best = protocol
         return best
 
     def forget(self, protocol: GuardedProtocol) -> None:
@@ -185,7 +197,9 @@ class Guard:
 
     def sweep(self) -> None:
         now = self.loop.time()
-        pressed = bool(self.held) or self.stopping
+        pressed = (
+            self.stopping or bool(self.held) or self.pending_body_bytes > self.limits.max_pending_body_bytes
+        )
         for protocol in list(self.connections):
             if not protocol.closing:
                 protocol.check(now, pressed)
@@ -197,7 +211,9 @@ class Guard:
         while self.held and self.pending_body_bytes < self.limits.max_pending_body_bytes:
             self.release(next(iter(self.held)))
         if self.held and not any(p.phase() == BODY for p in self.connections if p not in self.held):
-            self.release(max(self.held, key=lambda p: p.body_bytes))
+            nearest = max(self.held, key=lambda p: p.body_bytes)
+            nearest.past_budget = True  # to its end, or closed if it stalls
+            self.release(nearest)
 
     def hold(self, protocol: GuardedProtocol) -> None:
         self.held[protocol] = None
@@ -235,6 +251,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.headers_from = 0  # self.received when the current request's header section began
         self.reading_headers = True
         self.body_bytes = 0  # of the body still arriving, counted in Guard.pending_body_bytes
+        self.past_budget = False  # let go on past the body budget (Guard.release_held)
         self.requests = 0
         self.closing = False
         # Kept by the sweep: the phase it last saw, since when, and the body's progress.
@@ -287,7 +304,12 @@ class GuardedProtocol(HttpToolsProtocol):
         self.body_bytes += len(body)
         guard = self.guard
         guard.pending_body_bytes += len(body)
-        if guard.pending_body_bytes > self.limits.max_pending_body_bytes and self not in guard.held:
+        if (
+            guard.pending_body_bytes > self.limits.max_pending_body_bytes
+            and self.body_bytes > FREE_BODY_BYTES
+            and not self.past_budget
+            and self not in guard.held
+        ):
             guard.hold(self)
 
     def on_message_complete(self) -> None:
@@ -299,6 +321,7 @@ class GuardedProtocol(HttpToolsProtocol):
         guard = self.guard
         guard.pending_body_bytes -= self.body_bytes
         self.body_bytes = 0
+        self.past_budget = False
         if self in guard.held:
             guard.release(self)
 
@@ -331,11 +354,14 @@ class GuardedProtocol(HttpToolsProtocol):
             and now > self.phase_since
             and (self.body_bytes - swept_bytes < min_rate * SWEEP_INTERVAL_S)
         )
+        # Under memory pressure a big upload that stalls for one sweep is closed; small ones, which
+        # hold little, keep the whole window (a busy client may pause between headers and body).
+        shed_now = pressed and self.stalled_for_a_sweep and self.body_bytes > FREE_BODY_BYTES
         if phase != BODY:
             return
         elapsed = now - self.window_start
         stalled = self.body_bytes - self.window_bytes < min_rate * elapsed
-        if (pressed and self.stalled_for_a_sweep) or (elapsed >= self.limits.body_timeout_s and stalled):
+        if shed_now or (elapsed >= self.limits.body_timeout_s and stalled):
             self.guard.shed["body_stalled"] += 1
             self.close(b"")
         elif elapsed >= self.limits.body_timeout_s:
