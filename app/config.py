@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         "that has waited longest for its headers, or for a stalled body; with none such it gets 503.",
     )
     max_pending_body_bytes: int = Field(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024 * 1024,
         description="Request bodies still arriving, summed over a worker's connections; past it the "
         "uploads wait (reading paused), and stalled ones are closed sooner to make room.",

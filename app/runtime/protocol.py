@@ -194,6 +194,8 @@ class Guard:
         self.held.pop(protocol, None)
         self.pending_body_bytes -= protocol.body_bytes
         protocol.body_bytes = 0
+        if self.held:
+            self.release_room()
 
     def sweep(self) -> None:
         now = self.loop.time()
@@ -206,10 +208,14 @@ class Guard:
         self.release_held()
         self.loop.call_later(SWEEP_INTERVAL_S, self.sweep)
 
-    def release_held(self) -> None:
-        """Let waiting uploads go on while the budget allows, and always one when all of them wait."""
+    def release_room(self) -> None:
+        """Let waiting uploads go on, first come first, while the budget allows."""
         while self.held and self.pending_body_bytes < self.limits.max_pending_body_bytes:
             self.release(next(iter(self.held)))
+
+    def release_held(self) -> None:
+        """:meth:`release_room`, and let one go on past the budget when every upload waits."""
+        self.release_room()
         if self.held and not any(p.phase() == BODY for p in self.connections if p not in self.held):
             nearest = max(self.held, key=lambda p: p.body_bytes)
             nearest.past_budget = True  # to its end, or closed if it stalls
@@ -322,8 +328,10 @@ class GuardedProtocol(HttpToolsProtocol):
         guard.pending_body_bytes -= self.body_bytes
         self.body_bytes = 0
         self.past_budget = False
-        if self in guard.held:
+        if self in guard.held:  # held by the chunk that also ended its body
             guard.release(self)
+        if guard.held:
+            guard.release_room()
 
     # The guard's view
     def phase(self) -> str:
