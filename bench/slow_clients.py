@@ -13,7 +13,8 @@ app.main:app``, the service without its connection defences), while a normal cli
 
 Prints one JSON object: resident memory of the server before, at its peak and after; the normal
 client's and /health/live's latencies (median, p99, max) and failures; how many attack connections
-the server closed. ``--attack`` takes several, comma-separated, run together.
+the server closed, and the most sockets it held at once. ``--attack`` takes several, comma-separated,
+run together.
 
     .venv/bin/python bench/slow_clients.py --attack slow-headers,stalled-uploads --server serve
 """
@@ -45,6 +46,15 @@ from tests.helpers import png_bytes  # noqa: E402
 from tests.serving import Server, launch, wait_ready  # noqa: E402
 
 Sender = Callable[[asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+def open_sockets(pid: int) -> int:
+    """Sockets the process holds open (Linux: /proc/PID/fd)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += fd.readlink().name.startswith("socket:")
+    return count
 
 
 def raise_open_file_limit() -> int:
@@ -209,10 +219,6 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> dict[str, Any
     stop = asyncio.Event()
     stats: dict[str, AttackStats] = {}
     tasks: list[asyncio.Task[None]] = []
-    probes = [
-        asyncio.create_task(probe(server.url, predict, 200, stop, args.probe_interval_s)),
-        asyncio.create_task(probe(server.url, live, 200, stop, args.probe_interval_s)),
-    ]
     peak = rss_before
     for attack in args.attack.split(","):
         if attack == "none":  # the probes alone: the figures to compare with
@@ -232,10 +238,18 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> dict[str, Any
                 await asyncio.sleep(0.05)
                 peak = max(peak, server.rss_kib())
     open_at_most = {name: 0 for name in stats}
-    started = time.monotonic()  # once every attack connection is under way
+    sockets_at_most = open_sockets(server.process.pid)
+    # The normal client starts once every attack connection is under way: its figures are those of
+    # a service under attack, not of one taking a burst of new connections.
+    probes = [
+        asyncio.create_task(probe(server.url, predict, 200, stop, args.probe_interval_s)),
+        asyncio.create_task(probe(server.url, live, 200, stop, args.probe_interval_s)),
+    ]
+    started = time.monotonic()
     while time.monotonic() < started + args.duration_s:
         await asyncio.sleep(0.2)
         peak = max(peak, server.rss_kib())
+        sockets_at_most = max(sockets_at_most, open_sockets(server.process.pid))
         for name, attack_stats in stats.items():
             open_at_most[name] = max(open_at_most[name], attack_stats.open_now)
     open_at_end = {name: attack_stats.open_now for name, attack_stats in stats.items()}
@@ -258,6 +272,7 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> dict[str, Any
             for name, s in stats.items()
         },
         "duration_s": args.duration_s,
+        "server_sockets_at_most": sockets_at_most,
         "rss_before_mib": round(rss_before / 1024, 1),
         "rss_peak_mib": round(peak / 1024, 1),
         "rss_growth_mib": round((peak - rss_before) / 1024, 1),

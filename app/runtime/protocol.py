@@ -8,8 +8,9 @@ plus the limits of :class:`ConnectionLimits`:
 * a header section over ``max_header_bytes`` gets 431 and the connection is closed;
 * headers must arrive within ``header_timeout_s`` (408, closed), bodies at ``body_min_rate_bytes_s``
   over each ``body_timeout_s`` window (closed);
-* at most ``max_connections`` per worker: past it, a new connection displaces the one that has
-  waited longest for its headers or sits on a stalled body, and with none such it is answered 503;
+* at most ``max_connections`` per worker: past it, a new connection displaces the oldest one that
+  has waited a while for its headers or sits on a stalled body, and with none such it is answered
+  503 (:meth:`Guard.admit`);
 * bodies still arriving hold at most ``max_pending_body_bytes`` per worker: past it an upload of
   more than :data:`FREE_BODY_BYTES` waits with its reading paused, such uploads are closed after
   one sweep without progress instead of a window, and when every upload waits, the one nearest
@@ -44,6 +45,7 @@ FREE_BODY_BYTES = 1024 * 1024
 FD_RESERVE = 128
 logger = logging.getLogger("glimpse")
 HEADERS, BODY, WORKING = "headers", "body", "working"  # what a connection waits for: client, client, us
+ADMITTED, REFUSED, DROPPED = "admitted", "refused", "dropped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,41 +155,48 @@ class Guard:
         self.held: dict[GuardedProtocol, None] = {}  # uploads waiting for the body budget, in order
         self.pending_body_bytes = 0
         self.stopping = False
+        self.no_victim_before = 0.0  # loop time before which no connection can be displaced
         self.shed = {"header_timeout": 0, "body_stalled": 0, "displaced": 0, "refused": 0, "too_large": 0}
         loop.call_later(SWEEP_INTERVAL_S, self.sweep)
 
-    def admit(self, protocol: GuardedProtocol) -> bool:
-        """Count a new connection in; False when it is past the cap with nothing to displace."""
+    def admit(self, protocol: GuardedProtocol) -> str:
+        """Count a new connection in: :data:`ADMITTED`, :data:`REFUSED` (503) or :data:`DROPPED`.
+
+        Past the cap it displaces the connection that has waited longest on its client, once that
+        wait has lasted a sweep; a connection younger than that is never displaced, so that a burst
+        of new connections cannot push out one that is sending its request. With no such connection,
+        the newcomer is answered 503, or closed at once past an eighth more than the cap.
+        """
         self.connections[protocol] = None
-        if len(self.connections) <= self.limits.max_connections:
-            return True
+        count = len(self.connections)
+        if count <= self.limits.max_connections:
+            return ADMITTED
         victim = self.longest_waiting(exclude=protocol)
-        if victim is None:
-            self.shed["refused"] += 1
-            return False
-        self.shed["displaced"] += 1
-        victim.close(TIMED_OUT if victim.phase() == HEADERS and victim.received else b"")
-        return True
+        if victim is not None:
+            self.shed["displaced"] += 1
+            victim.close(TIMED_OUT if victim.phase() == HEADERS and victim.received else b"")
+            return ADMITTED
+        self.shed["refused"] += 1
+        return DROPPED if count > self.limits.max_connections * 9 // 8 + 16 else REFUSED
 
     def longest_waiting(self, exclude: GuardedProtocol) -> GuardedProtocol | None:
-        """A connection waiting on its client (for headers, or on a stalled body), oldest first.
-
-        The oldest connection that has waited since before the last sweep, found in arrival order:
-        under a flood of slow connections, the first one looked at. Failing that, the one whose
-        wait began first.
-        """
-        settled = self.loop.time() - SWEEP_INTERVAL_S
-        best: GuardedProtocol | None = None
+        """The first connection, in arrival order, that has waited on its client (for its headers, or
+        on a stalled body) or for the body budget since before the last sweep; None when none has."""
+        now = self.loop.time()
+        if now < self.no_victim_before:  # a burst of new connections: nobody has waited long enough
+            return None
+        settled = now - SWEEP_INTERVAL_S
+        first_wait = now
         for protocol in self.connections:
             if protocol is exclude or protocol.closing:
                 continue
             phase = protocol.phase()
-            if phase == HEADERS or (phase == BODY and protocol.stalled_for_a_sweep):
+            if phase == HEADERS or (phase == BODY and protocol.stalled_for_a_sweep) or protocol in self.held:
                 if protocol.phase_since < settled:
                     return protocol
-                if best is None or protocol.phase_since < best.phase_since:
-                    best = protocol
-        return best
+                first_wait = min(first_wait, protocol.phase_since)
+        self.no_victim_before = first_wait + SWEEP_INTERVAL_S
+        return None
 
     def forget(self, protocol: GuardedProtocol) -> None:
         self.connections.pop(protocol, None)
@@ -216,10 +225,10 @@ class Guard:
     def release_held(self) -> None:
         """:meth:`release_room`, and let one go on past the budget when every upload waits."""
         self.release_room()
-        if self.held and not any(p.phase() == BODY for p in self.connections if p not in self.held):
+        if self.held and not any(p.progressing() for p in self.connections):
             nearest = max(self.held, key=lambda p: p.body_bytes)
-            nearest.past_budget = True  # to its end, or closed if it stalls
             self.release(nearest)
+            nearest.go_past_budget()
 
     def hold(self, protocol: GuardedProtocol) -> None:
         self.held[protocol] = None
@@ -272,8 +281,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = HeldFlowControl(transport)
-        if not self.guard.admit(self):
+        admitted = self.guard.admit(self)
+        if admitted == REFUSED:
             self.app = over_capacity  # answered once its headers are in; displaced first meanwhile
+        elif admitted == DROPPED:
+            self.close(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -334,6 +346,17 @@ class GuardedProtocol(HttpToolsProtocol):
             guard.release_room()
 
     # The guard's view
+    def progressing(self) -> bool:
+        """Receiving a body, and not stalled at the last sweep."""
+        return not self.closing and self.phase() == BODY and not self.stalled_for_a_sweep
+
+    def go_past_budget(self) -> None:
+        """Let this held upload go on to its end; if it stalls for a sweep, it is closed."""
+        self.past_budget = True
+        self.seen, self.phase_since = (BODY, self.requests), self.loop.time()
+        self.window_start, self.window_bytes = self.phase_since, self.body_bytes
+        self.last_sweep_bytes = self.body_bytes
+
     def phase(self) -> str:
         cycle = self.cycle
         if self.reading_headers:

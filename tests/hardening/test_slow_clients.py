@@ -125,23 +125,24 @@ def test_slow_header_connections_are_closed_while_a_normal_client_is_answered(gu
     slow = summary["attacks"]["slow-headers"]
     assert slow["opened"] == 600
     assert slow["closed_by_server"] == 600
-    assert slow["answers"] == {"408": 600}
-    assert slow["open_at_most"] <= 200 + 10  # the cap (and the few the sweep had not yet closed)
+    assert set(slow["answers"]) <= {"408", "503"}  # or closed before their request line came
+    # The cap, the eighth more answered 503, the listening socket and the normal client's:
+    assert summary["server_sockets_at_most"] <= 200 * 9 // 8 + 16 + 4
     assert slow["open_at_end"] == 0
     assert_normal_client_served(summary)
     assert summary["rss_growth_mib"] < 100
 
 
 def test_stalled_uploads_are_closed_and_their_memory_bounded(guarded: Server) -> None:
-    """20 uploads of 8 MiB that stall after 2 MiB: 40 MiB sent against a 16 MiB body budget."""
+    """12 uploads of 8 MiB that stall after 2 MiB: 24 MiB sent against a 16 MiB body budget."""
     summary = attack(
         guarded,
-        *["--attack", "stalled-uploads", "--uploads", "20", "--declared-mib", "8", "--sent-mib", "2"],
+        *["--attack", "stalled-uploads", "--uploads", "12", "--declared-mib", "8", "--sent-mib", "2"],
         *["--duration-s", "12", "--probe-interval-s", "0.5"],
     )
     uploads = summary["attacks"]["stalled-uploads"]
-    assert uploads["opened"] == 20
-    assert uploads["closed_by_server"] == 20
+    assert uploads["opened"] == 12
+    assert uploads["closed_by_server"] == 12
     assert uploads["open_at_end"] == 0
     assert_normal_client_served(summary)
     assert summary["rss_growth_mib"] < 16 + 32  # the budget, and room for everything else
