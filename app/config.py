@@ -103,6 +103,42 @@ class Settings(BaseSettings):
         60, ge=1, description="Side of the images used to warm up each batch shape."
     )
 
+    # Connection defences of `python -m app.serve` (app/runtime/protocol.py; docs/reliability.md).
+    # Each applies per worker process; plain `uvicorn app.main:app` does not read them.
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request line plus headers; past it the answer is 431 and the connection "
+        "is closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a request's line and headers, counted from the "
+        "connection or the previous response; past them it gets 408 and is closed.",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request body must keep arriving: a connection that sends less than "
+        "GLIMPSE_BODY_MIN_RATE_BYTES_S in any window of this many seconds is closed.",
+    )
+    body_min_rate_bytes_s: int = Field(
+        1024, ge=0, description="Slowest accepted upload, in bytes a second (see GLIMPSE_BODY_TIMEOUT_S)."
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open connections per worker. Past it a new connection first displaces the one "
+        "that has waited longest for its headers, or for a stalled body; with none such it gets 503.",
+    )
+    max_pending_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Request bodies still arriving, summed over a worker's connections; past it the "
+        "uploads wait (reading paused), and stalled ones are closed sooner to make room.",
+    )
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

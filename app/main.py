@@ -26,7 +26,7 @@ from app.docs import install_docs
 from app.engine.engine import EngineConfig, InferenceEngine
 from app.errors import install_error_handlers
 from app.pipeline.core import Pipeline
-from app.runtime.device import choose_amp_dtype, choose_device, configure_torch
+from app.runtime.device import check_amp_dtype, choose_amp_dtype, choose_device, configure_torch
 from app.runtime.lifecycle import DeviceUnavailable, QuietStartupFailure, StartupFailed, drain_on_sigterm
 from app.runtime.memory import FreedMemoryTrimmer, bound_kernel_caches
 from app.runtime.metrics import Metrics, MetricsMiddleware
@@ -51,6 +51,7 @@ async def load_or_fail(state: ServiceState) -> tuple[AttentionNet, ModelCard, to
     settings = state.settings
     try:
         device = choose_device(settings.device)
+        check_amp_dtype(settings.amp_dtype, device)
         configure_torch(settings, device)
         model, card = await asyncio.to_thread(load_model, settings.model_dir, device)
     except (ModelArtifactError, OSError, DeviceUnavailable) as exc:

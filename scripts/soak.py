@@ -97,7 +97,12 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
         port = sock.getsockname()[1]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
     full_env.update({"GLIMPSE_LOG_LEVEL": "warning", **env})
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"]
+    # Keep-alive longer than uvicorn's 5 s: on a starved machine a pooled connection can sit idle that
+    # long, and one reused just as the server drops it is a read error that says nothing about Glimpse.
+    command = [
+        *[sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"],
+        *["--timeout-keep-alive", "75"],
+    ]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=full_env)  # noqa: S603 (our own command)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -146,7 +151,8 @@ async def soak(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
 
     limits = httpx.Limits(max_connections=args.concurrency)
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers=headers) as client:
+    timeout = args.client_timeout_s
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout, headers=headers) as client:
         await asyncio.gather(*(worker(client) for _ in range(args.concurrency)))
     duration = time.perf_counter() - started
     final = rss_mib(pid)
@@ -180,13 +186,22 @@ def main() -> int:
     parser.add_argument("--url", help="an already running server (then --pid is required)")
     parser.add_argument("--pid", type=int, help="its process id, for resident memory")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=None,
+        help="the started server's GLIMPSE_REQUEST_TIMEOUT_S (default: the service's): tests on a busy "
+        "machine raise it, so that they check answers, not latency",
+    )
+    parser.add_argument("--client-timeout-s", type=float, default=60.0)
     args = parser.parse_args()
     args.warmup = args.warmup or max(args.requests // 10, 1)
     process = None
     if args.url:
         url, pid = args.url, args.pid
     else:
-        process, url = start_server({})
+        timeout = args.request_timeout_s
+        process, url = start_server({} if timeout is None else {"GLIMPSE_REQUEST_TIMEOUT_S": str(timeout)})
         pid = process.pid
     try:
         summary = asyncio.run(soak(url, pid, args))

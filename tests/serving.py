@@ -47,12 +47,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch(env: dict[str, str], port: int | None = None) -> Server:
-    """Start ``uvicorn app.main:app`` with ``env`` on top of a GLIMPSE_-free environment."""
+def launch(env: dict[str, str], port: int | None = None, *, launcher: bool = False) -> Server:
+    """Start ``uvicorn app.main:app`` with ``env`` on top of a GLIMPSE_-free environment.
+
+    ``launcher``: start ``python -m app.serve`` instead, as the README does, with its connection
+    defences (app/runtime/protocol.py).
+    """
     port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
     full_env.update({"GLIMPSE_LOG_LEVEL": "warning", **env})
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    entry = ["app.serve", "--log-level", "warning"] if launcher else ["uvicorn", "app.main:app"]
+    command = [sys.executable, "-m", *entry, "--host", "127.0.0.1", "--port", str(port)]
     # A file, not a pipe: an unread pipe fills up and then blocks the server's event loop on logging.
     log = tempfile.NamedTemporaryFile(prefix="glimpse-uvicorn-", suffix=".log")  # noqa: SIM115 (closed by output())
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
@@ -74,9 +79,9 @@ def wait_ready(server: Server, timeout_s: float = 60) -> None:
 
 
 @contextmanager
-def running(env: dict[str, str]) -> Iterator[Server]:
-    """A ready server; always stopped afterwards (SIGTERM, then SIGKILL)."""
-    server = launch(env)
+def running(env: dict[str, str], *, launcher: bool = False) -> Iterator[Server]:
+    """A ready server (see :func:`launch`); always stopped afterwards (SIGTERM, then SIGKILL)."""
+    server = launch(env, launcher=launcher)
     try:
         wait_ready(server)
         yield server

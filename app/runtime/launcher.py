@@ -37,6 +37,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.config import Settings, describe_invalid_settings, get_settings
+from app.runtime.device import amp_dtype_refusal
+from app.runtime.protocol import PROTOCOL, raise_file_limit
 from app.state import service_state
 
 if TYPE_CHECKING:
@@ -51,6 +53,9 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # ran longer is replaced at once, and its slot starts from the first delay again.
 RESTART_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_AFTER_S = 60.0
+# After SIGTERM, requests in flight get this long to finish (inside compose's and Kubernetes' 30 s
+# grace period); a client that stalls its upload cannot hold the shutdown for longer.
+GRACEFUL_SHUTDOWN_S = 20
 logger = logging.getLogger("glimpse.serve")
 
 
@@ -67,7 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--no-access-log", dest="access_log", action="store_false")
     parser.add_argument("--no-server-header", dest="server_header", action="store_false")
-    parser.add_argument("--timeout-graceful-shutdown", type=int, default=None, metavar="SECONDS")
+    parser.add_argument(
+        "--timeout-graceful-shutdown",
+        type=int,
+        default=GRACEFUL_SHUTDOWN_S,
+        metavar="SECONDS",
+        help=f"longest wait for requests in flight after SIGTERM (default: {GRACEFUL_SHUTDOWN_S})",
+    )
     args = parser.parse_args(argv)
     if args.workers is None:
         environment = os.environ.get("WEB_CONCURRENCY", "1")
@@ -88,6 +99,7 @@ def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
         "access_log": args.access_log,
         "server_header": args.server_header,
         "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
+        "http": PROTOCOL,  # uvicorn's httptools parser with header, timeout and connection limits
     }
 
 
@@ -279,11 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s", level=args.log_level.upper())
     try:
-        Settings()
+        settings = Settings()
     except ValidationError as error:
         # Here, once: every worker would fail the same way, and be started again, forever.
         logger.error("invalid settings, not starting:\n%s", describe_invalid_settings(error))
         return 1
+    refusal = amp_dtype_refusal(settings)
+    if refusal is not None:
+        logger.error("invalid settings, not starting:\n%s", refusal)
+        return 1
+    raise_file_limit(settings.max_connections)
     if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
         return Supervisor(args).run()
     # uvicorn.run exits with STARTUP_FAILURE itself when the app cannot start.

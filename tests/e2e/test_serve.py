@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from app.runtime import launcher as serve
+from app.runtime.device import BFLOAT16_UNSUPPORTED
 from app.runtime.launcher import parse_args
 from bench.connections import ESTABLISHED, LISTEN, children, listening_workers, socket_inodes
 from tests.serving import REPO_ROOT, free_port
@@ -273,3 +274,29 @@ def test_restart_delays_grow_for_young_deaths_and_reset_after_a_stable_run(
     assert die_after(1.0) == serve.RESTART_DELAYS_S[0]
     supervisor_.slots[1].started_at = now[0]  # slot 1's worker starts; slot 0's deaths do not count for it
     assert die_after(1.0, slot=1) == serve.RESTART_DELAYS_S[0]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_explicit_bfloat16_the_cpu_cannot_run_is_an_invalid_setting(
+    workers: int, cpu_bfloat16: bool
+) -> None:
+    """One line naming the setting and the reason, exit 1, no worker started, where the CPU lacks it.
+
+    Where it has it the launcher goes on to start the workers, which then stop on the missing model
+    (uvicorn's start-up failure, 3): the check let bfloat16 through.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_") and k != "WEB_CONCURRENCY"}
+    settings = {"GLIMPSE_AMP_DTYPE": "bfloat16", "GLIMPSE_DEVICE": "cpu", "GLIMPSE_MODEL_DIR": "/nonexistent"}
+    command = [sys.executable, "-m", "app.serve", "--port", str(free_port()), "--workers", str(workers)]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env | settings, capture_output=True, text=True, timeout=120
+    )
+    if cpu_bfloat16:
+        assert done.returncode == 3, done.stderr
+        assert "GLIMPSE_AMP_DTYPE" not in done.stderr
+        return
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "ERROR:     glimpse.serve: invalid settings, not starting:",
+        f"GLIMPSE_AMP_DTYPE=bfloat16: {BFLOAT16_UNSUPPORTED}",
+    ]

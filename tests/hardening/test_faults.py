@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 from torch import Tensor, nn
@@ -21,10 +22,11 @@ from app.config import Settings
 from app.engine.engine import EngineConfig, InferenceEngine
 from app.engine.forward import Prediction
 from app.errors import Overloaded
+from app.runtime.device import BFLOAT16_UNSUPPORTED
 from app.runtime.metrics import Metrics
 from models.attention_net import AttentionNet, AttentionOutput
 from models.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, load_model, sha256_of
-from tests.serving import launch
+from tests.serving import launch, wait_ready
 
 
 class OutOfMemoryAbove(nn.Module):
@@ -150,3 +152,28 @@ def test_broken_models_stop_startup_with_one_clear_line(tmp_path: Path) -> None:
         assert "Application startup complete" not in output
         assert "Uvicorn running on" not in output, f"{name}: the server listened:\n{output}"
         print(f"{name}: exit {exit_code}: {lines[0]}")
+
+
+def test_an_explicit_bfloat16_stops_plain_uvicorn_in_one_line_where_the_cpu_cannot_run_it(
+    cpu_bfloat16: bool,
+) -> None:
+    """``uvicorn app.main:app`` (no launcher to check the settings first): the lifespan's one line."""
+    server = launch({"GLIMPSE_AMP_DTYPE": "bfloat16", "GLIMPSE_DEVICE": "cpu"})
+    try:
+        if cpu_bfloat16:
+            wait_ready(server)
+            runtime = httpx.get(f"{server.url}/models", timeout=10).json()["runtime"]
+            assert runtime == {"device": "cpu", "precision": "bfloat16"}
+            return
+        exit_code, output = server.process.wait(timeout=120), server.output()
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+    assert exit_code == 3, output
+    others = [" ".join(line.split()) for line in output.splitlines() if line and not line.startswith("INFO:")]
+    assert others == [
+        f"CRITICAL: glimpse: startup failed: GLIMPSE_AMP_DTYPE=bfloat16: {BFLOAT16_UNSUPPORTED} "
+        f"(GLIMPSE_MODEL_DIR={DEFAULT_MODEL_DIR})",
+        "ERROR: Application startup failed. Exiting.",
+    ], output

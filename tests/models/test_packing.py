@@ -28,6 +28,7 @@ def images(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return batch.contiguous(memory_format=torch.channels_last), sizes
 
 
+@pytest.mark.bfloat16
 @torch.inference_mode()
 def test_packed_bfloat16_is_bitwise_the_plain_model_under_autocast() -> None:
     plain, packed = fused_pair()

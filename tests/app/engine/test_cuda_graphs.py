@@ -35,6 +35,7 @@ def canvases(count: int) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (60, 60, 1), dtype=torch.uint8, generator=generator) for _ in range(count)]
 
 
+@pytest.mark.bfloat16
 def test_the_setting_is_on_by_default_and_changes_nothing_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GLIMPSE_CUDA_GRAPHS", raising=False)
     assert Settings(_env_file=None).cuda_graphs is True

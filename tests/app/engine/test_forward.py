@@ -150,6 +150,7 @@ def test_ties_rank_in_class_order() -> None:
     assert scores.sum().item() == pytest.approx(1.0)
 
 
+@pytest.mark.bfloat16
 @pytest.mark.skipif(not can_pack(), reason="this PyTorch build has no oneDNN fused convolution")
 def test_a_bfloat16_cpu_engine_packs_its_convolutions_with_bitwise_the_same_answers() -> None:
     forward = make_forward(torch.bfloat16)
@@ -200,6 +201,7 @@ def test_a_float32_cpu_engine_packs_its_convolutions_with_the_same_answers_to_fl
             torch.testing.assert_close(got.grid, expected.grid, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.bfloat16
 def test_bfloat16_mixed_size_batch_equals_single_image_runs() -> None:
     """Under CPU autocast (GLIMPSE_AMP_DTYPE=bfloat16) padding still changes no answer."""
     forward = make_forward(torch.bfloat16)

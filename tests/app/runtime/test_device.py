@@ -17,11 +17,12 @@ from app.runtime.lifecycle import DeviceUnavailable
     ("requested", "device", "amx", "expected"),
     [
         ("auto", "cuda", False, torch.bfloat16),
-        ("auto", "cpu", True, torch.bfloat16),
+        ("auto", "cpu", True, torch.bfloat16),  # float32 where the CPU cannot run bfloat16 at all
         ("auto", "cpu", False, None),
         ("float32", "cuda", True, None),
         ("float16", "cuda", False, torch.float16),
-        ("bfloat16", "cpu", False, torch.bfloat16),  # asked for explicitly: honoured even if emulated
+        ("bfloat16", "cuda", False, torch.bfloat16),
+        ("bfloat16", "cpu", False, torch.bfloat16),  # asked for explicitly: honoured where the CPU can
     ],
 )
 def test_amp_dtype_resolution(
@@ -29,10 +30,52 @@ def test_amp_dtype_resolution(
     device: str,
     amx: bool,
     expected: torch.dtype | None,
+    cpu_bfloat16: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runtime, "cpu_has_amx_bf16", lambda: amx)
+    if device == "cpu" and expected == torch.bfloat16 and not cpu_bfloat16:
+        if requested == "auto":
+            assert runtime.choose_amp_dtype(requested, torch.device(device)) is None
+            return
+        with pytest.raises(DeviceUnavailable) as refused:
+            runtime.choose_amp_dtype(requested, torch.device(device))
+        assert str(refused.value) == f"GLIMPSE_AMP_DTYPE=bfloat16: {runtime.BFLOAT16_UNSUPPORTED}"
+        return
     assert runtime.choose_amp_dtype(requested, torch.device(device)) == expected
+
+
+def test_bfloat16_support_is_pytorchs_own_check_unless_tests_force_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(runtime.WITHOUT_BFLOAT16_ENV, raising=False)
+    assert runtime.cpu_supports_bfloat16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    monkeypatch.setenv(runtime.WITHOUT_BFLOAT16_ENV, "1")
+    assert runtime.cpu_supports_bfloat16() is False
+
+
+def test_the_decision_agrees_with_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where bfloat16 is allowed, the packing's weight reorder runs; elsewhere it is oneDNN's refusal."""
+    monkeypatch.delenv(runtime.WITHOUT_BFLOAT16_ENV, raising=False)
+    weight = torch.randn(4, 1, 3, 3).to(torch.bfloat16).to_mkldnn()
+    reorder = torch._C._nn.mkldnn_reorder_conv2d_weight  # what pack_convolutions calls
+    if runtime.cpu_supports_bfloat16():
+        assert reorder(weight, [0, 0], [1, 1], [1, 1], 1).dtype == torch.bfloat16
+    else:
+        with pytest.raises(RuntimeError, match="bf16 path needs the cpu support"):
+            reorder(weight, [0, 0], [1, 1], [1, 1], 1)
+
+
+@pytest.mark.parametrize(("device", "amp_dtype"), [("cpu", "bfloat16"), ("cpu", "auto"), ("cpu", "float32")])
+def test_the_launcher_refuses_only_an_explicit_bfloat16_the_cpu_cannot_run(
+    device: str, amp_dtype: str, cpu_bfloat16: bool
+) -> None:
+    settings = Settings(_env_file=None, device=device, amp_dtype=amp_dtype)
+    refusal = runtime.amp_dtype_refusal(settings)
+    if amp_dtype == "bfloat16" and not cpu_bfloat16:
+        assert refusal == f"GLIMPSE_AMP_DTYPE=bfloat16: {runtime.BFLOAT16_UNSUPPORTED}"
+    else:
+        assert refusal is None
 
 
 def test_amx_detection_reads_the_cpu_flags() -> None:

@@ -1,0 +1,195 @@
+"""Slow and oversized clients against ``python -m app.serve``, as the README starts it.
+
+Huge header sections, connections that send their headers a line at a time, uploads that stall
+mid-body, more connections than a worker takes, and SIGTERM with a stalled upload: each against a
+real server (app/runtime/protocol.py holds the defences), at sizes a 2-core CI machine runs in
+seconds. The attacks are bench/slow_clients.py's, which measures them at full size
+(docs/reliability.md). Asserted: statuses, closed connections, every normal request answered, memory
+bounded; never latency, which a busy machine does not keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.runtime.launcher import GRACEFUL_SHUTDOWN_S, parse_args
+from bench.slow_clients import parse_args as attack_args
+from bench.slow_clients import raise_open_file_limit, run_attacks
+from tests.serving import Server, running
+
+HEADER_LIMIT = 64 * 1024  # the default
+UPLOAD_HEAD = (
+    b"POST /predict HTTP/1.1\r\nHost: g\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    b"Content-Length: %d\r\n\r\n"
+)
+GUARDED = {
+    "GLIMPSE_HEADER_TIMEOUT_S": "2",
+    "GLIMPSE_BODY_TIMEOUT_S": "2",
+    "GLIMPSE_MAX_CONNECTIONS": "200",
+    "GLIMPSE_MAX_PENDING_BODY_BYTES": str(16 * 2**20),
+    "GLIMPSE_REQUEST_TIMEOUT_S": "120",  # answers, not latency, on a busy machine
+}
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[Server]:
+    raise_open_file_limit()  # hundreds of attacking sockets in this process
+    with running(GUARDED, launcher=True) as server:
+        yield server
+
+
+def address(server: Server) -> tuple[str, int]:
+    return "127.0.0.1", int(server.url.rsplit(":", 1)[1])
+
+
+def exchange(server: Server, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; everything the server answers until it closes."""
+    with socket.create_connection(address(server), timeout=60) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def attack(server: Server, *argv: str) -> dict[str, Any]:
+    summary = asyncio.run(run_attacks(server, attack_args(list(argv))))
+    print(json.dumps(summary))
+    return summary
+
+
+def assert_normal_client_served(summary: dict[str, Any]) -> None:
+    for probe in ("predict", "health_live"):
+        assert summary[probe]["failures"] == {}, summary[probe]
+        assert summary[probe]["answered"] >= 1, summary[probe]
+
+
+def test_a_header_section_just_under_the_limit_is_served_and_one_over_gets_431(guarded: Server) -> None:
+    request = b"GET /health/live HTTP/1.1\r\nHost: glimpse\r\nX-Big: %s\r\n\r\n"
+    under = exchange(guarded, request % (b"a" * (HEADER_LIMIT - 1024)))
+    over = exchange(guarded, request % (b"a" * (HEADER_LIMIT + 1024)))
+    assert under.startswith(b"HTTP/1.1 200 "), under[:200]
+    head, _, body = over.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), head
+    assert b"connection: close" in head
+    assert json.loads(body) == {
+        "error": {
+            "code": "headers_too_large",
+            "message": f"the request line and headers exceed {HEADER_LIMIT} bytes",
+        }
+    }
+
+
+def test_an_endless_header_is_cut_off_and_holds_no_memory(guarded: Server) -> None:
+    """One connection sending header bytes as fast as it can (the review sent 512 MB: RSS +515 MB)."""
+    before = guarded.rss_kib()
+    sent = 0
+    answer = b""
+    with socket.create_connection(address(guarded), timeout=60) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: glimpse\r\nX-Flood: ")
+        try:
+            while sent < 256 * 2**20:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:  # closed by the server (reset, once it stopped reading)
+            pass
+        with contextlib.suppress(OSError):
+            answer = sock.recv(200)
+    grown_mib = (guarded.rss_kib() - before) / 1024
+    print(f"sent {sent / 2**20:.1f} MiB before the server closed; RSS {grown_mib:+.1f} MiB; {answer[:40]!r}")
+    assert sent < 64 * 2**20  # cut off long before the client's 256 MiB (socket buffers hold some)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")
+    assert grown_mib < 32
+    assert httpx.get(f"{guarded.url}/health/live", timeout=60).status_code == 200
+
+
+def test_slow_header_connections_are_closed_while_a_normal_client_is_answered(guarded: Server) -> None:
+    """600 connections sending a header line every 0.5 s, three times the cap: the oldest are
+    displaced (408), the rest time out (408 after 2 s), and new clients get in meanwhile."""
+    summary = attack(
+        guarded,
+        *["--attack", "slow-headers", "--slow-connections", "600", "--line-interval-s", "0.5"],
+        *["--duration-s", "8", "--probe-interval-s", "0.5"],
+    )
+    slow = summary["attacks"]["slow-headers"]
+    assert slow["opened"] == 600
+    assert slow["closed_by_server"] == 600
+    assert set(slow["answers"]) <= {"408", "503"}  # or closed before their request line came
+    # The cap, the eighth more answered 503, the listening socket and the normal client's:
+    assert summary["server_sockets_at_most"] <= 200 * 9 // 8 + 16 + 4
+    assert slow["open_at_end"] == 0
+    assert_normal_client_served(summary)
+    assert summary["rss_growth_mib"] < 100
+
+
+def test_stalled_uploads_are_closed_and_their_memory_bounded(guarded: Server) -> None:
+    """12 uploads of 8 MiB that stall after 2 MiB: 24 MiB sent against a 16 MiB body budget."""
+    summary = attack(
+        guarded,
+        *["--attack", "stalled-uploads", "--uploads", "12", "--declared-mib", "8", "--sent-mib", "2"],
+        *["--duration-s", "12", "--probe-interval-s", "0.5"],
+    )
+    uploads = summary["attacks"]["stalled-uploads"]
+    assert uploads["opened"] == 12
+    assert uploads["closed_by_server"] == 12
+    assert uploads["open_at_end"] == 0
+    assert_normal_client_served(summary)
+    assert summary["rss_growth_mib"] < 16 + 32  # the budget, and room for everything else
+
+
+def test_past_the_cap_with_no_connection_waiting_a_new_one_gets_503() -> None:
+    """Two uploads in progress fill a cap of 2 (a rate of 0 never calls them stalled): the third waits
+    on nobody to displace, and is answered 503 in the service's error shape."""
+    env = {"GLIMPSE_MAX_CONNECTIONS": "2", "GLIMPSE_BODY_MIN_RATE_BYTES_S": "0"}
+    with running(env, launcher=True) as server:
+        uploads = [socket.create_connection(address(server), timeout=60) for _ in range(2)]
+        try:
+            for sock in uploads:
+                sock.sendall(UPLOAD_HEAD % 1000 + b".")
+            time.sleep(1)  # both in their bodies
+            answer = exchange(server, b"GET /health/live HTTP/1.1\r\nHost: glimpse\r\n\r\n")
+        finally:
+            for sock in uploads:
+                sock.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), answer[:300]
+        assert b"retry-after: 1" in head
+        assert json.loads(body) == {
+            "error": {"code": "overloaded", "message": "too many open connections; retry later"}
+        }
+        wait_until(lambda: httpx.get(f"{server.url}/health/live", timeout=60).status_code == 200)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_stalled_upload_does_not_hold_shutdown() -> None:
+    """``python -m app.serve`` waited forever on one; now the body timeout closes it, with the
+    graceful-shutdown default as the backstop."""
+    assert parse_args([]).timeout_graceful_shutdown == GRACEFUL_SHUTDOWN_S == 20
+    with running({}, launcher=True) as server, socket.create_connection(address(server), timeout=120) as sock:
+        sock.sendall(UPLOAD_HEAD % 100_000 + b".")
+        time.sleep(1)
+        sigterm_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(timeout=120)
+        stopped_s = time.monotonic() - sigterm_at
+        assert sock.recv(100) == b""  # closed, unanswered: its body never came
+    print(f"exited {exit_code} {stopped_s:.1f} s after SIGTERM")
+    assert exit_code == 0
+    assert stopped_s < GRACEFUL_SHUTDOWN_S + 15  # the default bounds it, not the client
