@@ -42,6 +42,7 @@ PAD_WASTE_LIMIT = 2.0  # pad an image only up to 2× its own pixels
 # decode pool, so that resampling a 4096² map never holds up the next forward pass.
 RENDER_IN_BATCH_MAX_PIXELS = 512 * 512
 _KINDS: tuple[MapKind, ...] = ("evidence", "attention")
+ESTIMATE_PASSES = 3  # the cost estimate is the quickest of these, so one preempted pass does not skew it
 
 
 @dataclass(slots=True, frozen=True)
@@ -186,7 +187,9 @@ class ForwardWork:
         graphs, and measure the cost of a pixel; synchronously, on the thread that will run batches.
 
         Returns:
-            Seconds per pixel of the largest batch, its kernels built: the batcher's cost estimate.
+            Seconds per pixel of the largest batch, its kernels built: the batcher's cost estimate. A
+            pass's work grows with its pixels, so it holds roughly for larger images too (within 2×
+            from 256² to 2048² on a 2-core VM; ``python -m bench.engine_overhead --scaling``).
         """
         batch_size = 1
         while True:
@@ -197,9 +200,12 @@ class ForwardWork:
             if batch_size >= max_batch_size:
                 break
             batch_size = min(batch_size * 2, max_batch_size)
-        started = time.perf_counter()  # the largest batch again, its kernels built: the cost estimate
-        self.forward_batch(images, [1] * batch_size, [None] * batch_size)
-        seconds_per_pixel = (time.perf_counter() - started) / (batch_size * image_size * image_size)
+        seconds = float("inf")  # the largest batch again, its kernels built: the cost estimate
+        for _ in range(ESTIMATE_PASSES):
+            started = time.perf_counter()
+            self.forward_batch(images, [1] * batch_size, [None] * batch_size)
+            seconds = min(seconds, time.perf_counter() - started)
+        seconds_per_pixel = seconds / (batch_size * image_size * image_size)
         sizes = [(image_size, image_size), (image_size + 3, image_size + 5)]  # the padded path too
         padded = [torch.zeros(h, w, channels, dtype=torch.uint8) for h, w in sizes]
         self.forward_batch(padded, [1, 1], [None, None])
