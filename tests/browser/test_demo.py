@@ -22,7 +22,7 @@ from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 from tests.helpers import E2E_API_KEY, REPO_ROOT, png_bytes
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Route
+    from playwright.sync_api import Browser, FilePayload, Page, Route
 
 pytestmark = [
     pytest.mark.browser,
@@ -301,9 +301,8 @@ def test_no_serious_accessibility_violations(browser: Browser, server: str, stat
         page.get_by_role("button", name="Example digit42.png").click()
         wait_result(page)
         if state == "error":
-            page.get_by_label("Choose an image…").set_input_files(
-                files=[{"name": "empty.png", "mimeType": "image/png", "buffer": b""}]
-            )
+            empty: FilePayload = {"name": "empty.png", "mimeType": "image/png", "buffer": b""}
+            page.get_by_label("Choose an image…").set_input_files(files=[empty])
             page.locator("#result[data-state=error]").wait_for()
         page.add_script_tag(path=AXE)
         results = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
