@@ -70,16 +70,19 @@ function askForKey(message) {
   showError(message, "Enter the server's API key under “API key”, then try again.");
 }
 
-// The model card: name, version and the test results it records.
+// The model card: name, version and the test results it records. True when it loaded.
 async function loadModel() {
   const response = await call("models");
-  if (response.networkError) return unreachable(response.networkError);
+  if (response.networkError) {
+    unreachable(response.networkError);
+    return false;
+  }
   if (!response.ok) {
     const { title, detail } = await errorText(response);
     $("model-name").textContent = `Model card unavailable: ${title}`;
     if (response.status === 401) askForKey(title);
     else showError(title, detail);
-    return;
+    return false;
   }
   const card = await response.json();
   $("model-name").textContent = `${card.name} ${card.version} · ${card.num_classes} classes · ${card.runtime.device}, ${card.runtime.precision}`;
@@ -105,6 +108,7 @@ async function loadModel() {
     for (const cell of cells) row.insertCell().textContent = String(cell);
   }
   $("model-metrics").hidden = rows.length === 0;
+  return true;
 }
 
 async function loadColormaps() {
@@ -325,7 +329,9 @@ function wireInputs() {
     event.preventDefault();
     sessionStorage.setItem(KEY_STORAGE, key.value.trim());
     clearError();
-    loadModel();
+    loadModel().then((loaded) => {
+      if (loaded) $("key-panel").open = false; // the key works: out of the way
+    });
     explain();
   });
 }

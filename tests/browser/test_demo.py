@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+@contextmanager
 def open_demo(browser: Browser, server: str, **context: Any) -> Iterator[Page]:
     """The page loaded, with every off-server request refused and reported at the end."""
     browser_context = browser.new_context(viewport={"width": 1200, "height": 900}, **context)
@@ -65,10 +67,12 @@ def open_demo(browser: Browser, server: str, **context: Any) -> Iterator[Page]:
     page = browser_context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{server}/")
-    page.locator("body[data-ready=true]").wait_for()
-    yield page
-    browser_context.close()
+    try:
+        page.goto(f"{server}/")
+        page.locator("body[data-ready=true]").wait_for()
+        yield page
+    finally:
+        browser_context.close()
     assert not foreign, f"the demo page made requests outside the server: {foreign}"
     assert not errors, f"uncaught errors in the page: {errors}"
 
@@ -76,7 +80,7 @@ def open_demo(browser: Browser, server: str, **context: Any) -> Iterator[Page]:
 @pytest.fixture
 def page(browser: Browser, server: str) -> Iterator[Page]:
     """The demo page with the server's API key entered."""
-    for page in open_demo(browser, server):
+    with open_demo(browser, server) as page:
         enter_key(page, E2E_API_KEY)
         yield page
 
@@ -127,13 +131,18 @@ def check_heatmap_fits(page: Page, width: int, height: int) -> None:
 
 
 def test_the_page_asks_for_the_key_in_words(browser: Browser, server: str) -> None:
-    for page in open_demo(browser, server):
+    with open_demo(browser, server) as page:
         error = page.get_by_role("alert")
         assert "missing API key" in error.inner_text()
         assert "Enter the server's API key" in error.inner_text()
         assert page.locator("#key-panel").evaluate("details => details.open")
         enter_key(page, E2E_API_KEY)
         assert page.locator("#error").is_hidden()
+        sync_api.expect(page.locator("#key-panel")).not_to_have_attribute("open", "")  # closed: the key works
+        page.reload()
+        page.locator("body[data-ready=true]").wait_for()
+        assert page.locator("#error").is_hidden()  # the key is kept for the tab (sessionStorage)
+        assert page.get_by_label("API key (when the server requires one)").input_value() == E2E_API_KEY
 
 
 @pytest.mark.parametrize(("name", "label"), EXAMPLES.items())
@@ -296,7 +305,7 @@ def last_result(server: str) -> dict[str, Any]:
 @pytest.mark.parametrize("state", ["result", "error"])
 def test_no_serious_accessibility_violations(browser: Browser, server: str, state: str) -> None:
     # axe is injected from the test, so the page's content security policy is lifted for this context.
-    for page in open_demo(browser, server, bypass_csp=True):
+    with open_demo(browser, server, bypass_csp=True) as page:
         enter_key(page, E2E_API_KEY)
         page.get_by_role("button", name="Example digit42.png").click()
         wait_result(page)
