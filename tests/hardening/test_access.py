@@ -137,10 +137,12 @@ def test_weights_are_read_with_safetensors_only() -> None:
 
 
 def test_no_client_controlled_paths(server: str) -> None:
-    """The only files served are the docs assets, and traversal out of them is refused."""
+    """The only files served are the docs assets and the demo page's, and traversal out of them is refused."""
     host, port = server.removeprefix("http://").split(":")
     for target in ("/docs-assets/../../../../etc/passwd", "/docs-assets/%2e%2e/%2e%2e/etc/passwd",
-                   "/docs-assets/..%2f..%2fapp%2fmain.py", "/../app/main.py"):  # fmt: skip
+                   "/docs-assets/..%2f..%2fapp%2fmain.py", "/../app/main.py", "/demo/..%2fmain.py",
+                   "/demo/%2e%2e", "/demo/examples/..%2f..%2ftransports%2froutes%2fdemo.py",
+                   "/demo/examples/%2e%2e%2f%2e%2e%2fmain.py"):  # fmt: skip
         with socket.create_connection((host, int(port)), timeout=10) as sock:  # raw: no client normalising
             sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             reply = b""
