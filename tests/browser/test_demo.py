@@ -172,20 +172,26 @@ def test_an_uploaded_file_keeps_its_aspect_ratio(page: Page, tmp_path: Path) -> 
     check_heatmap_fits(page, 100, 60)
 
 
-def test_a_dropped_image_is_sent(page: Page) -> None:
+@pytest.mark.parametrize(
+    ("how", "event"),
+    [
+        ("dropped", 'new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true})'),
+        ("pasted", 'new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true})'),
+    ],
+)
+def test_a_dropped_or_pasted_image_is_sent(page: Page, how: str, event: str) -> None:
     data = list((REPO_ROOT / "examples" / "digit903.png").read_bytes())
     page.evaluate(
-        """bytes => {
+        f"""bytes => {{
             const transfer = new DataTransfer();
-            transfer.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
-            document.getElementById("dropzone").dispatchEvent(
-                new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
-        }""",
+            transfer.items.add(new File([new Uint8Array(bytes)], "{how}.png", {{type: "image/png"}}));
+            document.getElementById("dropzone").dispatchEvent({event});
+        }}""",
         data,
     )
     wait_result(page)
     assert top_label(page) == "9"
-    assert page.locator("#caption").inner_text().startswith("dropped.png, 60×60")
+    assert page.locator("#caption").inner_text().startswith(f"{how}.png, 60×60")
 
 
 def test_another_class_kind_and_colormap_redraw_the_map(page: Page) -> None:
