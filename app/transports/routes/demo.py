@@ -7,13 +7,13 @@ call nothing but this server, so it works offline and cannot leak an image elsew
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
 from starlette.responses import FileResponse, Response
 
 from app.pipeline.colormaps import COLORMAPS
-from app.transports.routes.common import json_response
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 EXAMPLES_DIR = STATIC_DIR / "examples"
@@ -39,6 +39,7 @@ def _listing(folder: Path) -> dict[str, Path]:
 
 _ASSETS = _listing(STATIC_DIR)
 _EXAMPLES = _listing(EXAMPLES_DIR)
+_COLORMAPS_JSON = json.dumps({name: table.tobytes().hex() for name, table in COLORMAPS.items()})
 
 
 def _file(files: dict[str, Path], name: str) -> FileResponse:
@@ -57,9 +58,7 @@ async def page() -> FileResponse:
 @router.get("/demo/colormaps.json")
 async def colormaps() -> Response:
     """The server's overlay colormaps as 256 RGB entries, hex-encoded, so the page draws the same colours."""
-    response = json_response({name: table.tobytes().hex() for name, table in COLORMAPS.items()})
-    response.headers.update(_HEADERS)
-    return response
+    return Response(_COLORMAPS_JSON, media_type="application/json", headers=_HEADERS)
 
 
 @router.get("/demo/examples/{name}")
