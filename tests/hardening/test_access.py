@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 KEYS = ["k1-secret", "k2-secret"]
 PROTECTED = [("POST", "/predict"), ("POST", "/attention-map"), ("GET", "/models")]
-OPEN = ["/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs"]
+OPEN = ["/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs", "/", "/demo/demo.js"]
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ async def test_keys_guard_inference_and_models_on_both_paths(
             assert response.status_code == 200, (path, headers, response.text)
 
 
-async def test_probes_metrics_and_docs_stay_open(keyed: httpx.AsyncClient) -> None:
+async def test_probes_metrics_docs_and_the_demo_page_stay_open(keyed: httpx.AsyncClient) -> None:
     for path in OPEN:
         assert (await keyed.get(path)).status_code == 200, path
 
