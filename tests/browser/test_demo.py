@@ -221,6 +221,12 @@ def test_another_class_kind_and_colormap_redraw_the_map(page: Page) -> None:
 
 
 def test_the_controls_work_from_the_keyboard(page: Page) -> None:
+    page.get_by_role("button", name="Example digit42.png").focus()
+    page.keyboard.press("Shift+Tab")  # back to the file picker, which shows its focus on its button
+    assert page.evaluate("document.activeElement.id") == "file"
+    picker = page.locator("label[for=file]")
+    assert picker.evaluate("label => getComputedStyle(label).outlineStyle") == "solid"
+
     page.get_by_role("button", name="Example digit903.png").focus()
     page.keyboard.press("Enter")
     wait_result(page)
