@@ -1,7 +1,7 @@
 """Glimpse's Python client and command line: ``from glimpse import Client``, or ``glimpse --help``.
 
 This package talks to a Glimpse server over HTTP only; it never imports the service (``app``) or the
-model code (``models``), so it installs and runs without torch being used.
+model code (``models``), so importing it loads neither torch nor the server.
 """
 
 from glimpse.client import (
