@@ -64,7 +64,8 @@ container-test: setup-dev tools
 		(apt-get update && apt-get install -y docker.io docker-compose debootstrap)
 	$(BIN)/pytest -m container
 
-# Drives Debian's Chromium through /docs ("Try it out" for both image endpoints); installs it when missing.
+# Drives Debian's Chromium through /docs ("Try it out" for both image endpoints) and the demo page at /;
+# installs it when missing.
 browser-test: setup-dev
 	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 	$(BIN)/pytest -m browser

@@ -32,7 +32,7 @@ from app.runtime.memory import FreedMemoryTrimmer, bound_kernel_caches
 from app.runtime.metrics import Metrics, MetricsMiddleware
 from app.state import ServiceState, service_state
 from app.transports.fast_path import FastPath
-from app.transports.routes import attention, health, metrics, models, predict
+from app.transports.routes import attention, demo, health, metrics, models, predict
 from models.attention_net import AttentionNet
 from models.checkpoint import ModelArtifactError, ModelCard, load_model
 
@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(QuietStartupFailure)
-    for module in (predict, attention, models, health, metrics):
+    for module in (predict, attention, models, health, metrics, demo):
         app.include_router(module.router)
     return app
 

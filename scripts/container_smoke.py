@@ -1,7 +1,7 @@
 """Round trip against a running Glimpse container, standard library only (runs with any host Python).
 
 POSTs a PNG to /predict and /attention-map and checks the JSON (and, with --model-version, which model
-answered); with --stop-command, also checks that a
+answered), then loads the demo page and its assets; with --stop-command, also checks that a
 request in flight when the container gets SIGTERM still completes (graceful stop). Exits non-zero on
 any failure. Used by scripts/container_test.sh:
 
@@ -109,6 +109,24 @@ def round_trip(base_url: str, model_version: str | None) -> None:
           f"heatmap PNG {body['width']}x{body['height']}, grid stride {body['grid_stride']}")  # fmt: skip
 
 
+def demo_page(base_url: str) -> None:
+    """The demo page and what it loads ship in the image: app/static, with the gallery's examples."""
+    assets = {
+        "/": b"<!doctype html>",
+        "/demo/demo.js": b"",
+        "/demo/demo.css": b"",
+        "/demo/colormaps.json": b"{",
+    }
+    assets |= {f"/demo/examples/{name}": PNG_SIGNATURE for name in ("digit42.png", "digit903.png")}
+    for path, start in assets.items():
+        with urllib.request.urlopen(f"{base_url}{path}", timeout=30) as response:  # noqa: S310
+            body = response.read()
+            expect(
+                response.status == 200 and len(body) > 0 and body.startswith(start), (path, response.status)
+            )
+    print(f"GET / -> 200: the demo page and its {len(assets) - 1} assets")
+
+
 def graceful_stop(base_url: str, stop_command: str) -> None:
     """A slow request is sent, the container is stopped while it runs, and the request must still succeed."""
     side = 512
@@ -159,6 +177,7 @@ def main() -> int:
         parser.error("base_url must be an http(s) URL")
     try:
         round_trip(args.base_url, args.model_version)
+        demo_page(args.base_url)
         if args.stop_command:
             graceful_stop(args.base_url, args.stop_command)
     except (CheckError, KeyError, TypeError, OSError, subprocess.CalledProcessError) as error:

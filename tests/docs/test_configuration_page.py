@@ -56,12 +56,14 @@ def test_every_plain_default_is_the_real_one() -> None:
             assert rows[env_name(name, info)] == expected, name
 
 
-# Variables of docker-compose.yml, not of the service.
+# Variables of docker-compose.yml and of the client (glimpse/cli.py), not of the service.
 COMPOSE_VARIABLES = {"GLIMPSE_PORT", "GLIMPSE_IMAGE", "GLIMPSE_MODEL_HOST_DIR"}
+CLIENT_VARIABLES = {"GLIMPSE_URL", "GLIMPSE_API_KEY"}
 
 
 def test_the_readme_and_every_page_name_only_real_settings() -> None:
-    known = {env_name(name, info) for name, info in Settings.model_fields.items()} | COMPOSE_VARIABLES
+    known = {env_name(name, info) for name, info in Settings.model_fields.items()}
+    known |= COMPOSE_VARIABLES | CLIENT_VARIABLES
     root = PAGE.parents[1]
     for page in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
         named = set(re.findall(r"\bGLIMPSE_[A-Z0-9_]*[A-Z0-9]\b", page.read_text()))

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 KEYS = ["k1-secret", "k2-secret"]
 PROTECTED = [("POST", "/predict"), ("POST", "/attention-map"), ("GET", "/models")]
-OPEN = ["/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs"]
+OPEN = ["/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs", "/", "/demo/demo.js"]
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ async def test_keys_guard_inference_and_models_on_both_paths(
             assert response.status_code == 200, (path, headers, response.text)
 
 
-async def test_probes_metrics_and_docs_stay_open(keyed: httpx.AsyncClient) -> None:
+async def test_probes_metrics_docs_and_the_demo_page_stay_open(keyed: httpx.AsyncClient) -> None:
     for path in OPEN:
         assert (await keyed.get(path)).status_code == 200, path
 
@@ -139,10 +139,12 @@ def test_weights_are_read_with_safetensors_only() -> None:
 
 
 def test_no_client_controlled_paths(server: str) -> None:
-    """The only files served are the docs assets, and traversal out of them is refused."""
+    """The only files served are the docs assets and the demo page's, and traversal out of them is refused."""
     host, port = server.removeprefix("http://").split(":")
     for target in ("/docs-assets/../../../../etc/passwd", "/docs-assets/%2e%2e/%2e%2e/etc/passwd",
-                   "/docs-assets/..%2f..%2fapp%2fmain.py", "/../app/main.py"):  # fmt: skip
+                   "/docs-assets/..%2f..%2fapp%2fmain.py", "/../app/main.py", "/demo/..%2fmain.py",
+                   "/demo/%2e%2e", "/demo/examples/..%2f..%2ftransports%2froutes%2fdemo.py",
+                   "/demo/examples/%2e%2e%2f%2e%2e%2fmain.py"):  # fmt: skip
         with socket.create_connection((host, int(port)), timeout=10) as sock:  # raw: no client normalising
             sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             reply = b""
