@@ -30,6 +30,7 @@ from app.runtime.memory import FreedMemoryTrimmer, bound_kernel_caches
 from app.runtime.metrics import Metrics, MetricsMiddleware
 from app.transports.fast_path import HotPath
 from app.transports.routes import attention, health, metrics, models, predict
+from app.transports.v2 import routes as v2
 from models.attention_net import AttentionNet
 from models.checkpoint import ModelArtifactError, ModelCard, load_model
 
@@ -162,6 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(QuietStartupFailure)
     for module in (predict, attention, models, health, metrics):
         app.include_router(module.router)
+    app.include_router(v2.health)  # the Open Inference Protocol: GET /v2 and its health probes
+    app.include_router(v2.models)  # /v2/models/...: metadata, readiness, infer
     return app
 
 
