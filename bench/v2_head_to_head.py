@@ -76,12 +76,20 @@ def triton_server(variant: dict[str, str], port: int, device: str) -> Iterator[d
     ]  # fmt: skip
     library_path = os.pathsep.join(p for p in (libpython_dir(python), os.environ.get("LD_LIBRARY_PATH")) if p)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LD_LIBRARY_PATH": library_path}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    log = BENCH / "results" / "tmp" / "triton.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT
+        )
     try:
         from models.checkpoint import DEFAULT_MODEL_DIR, read_card
 
         name = read_card(DEFAULT_MODEL_DIR).name
-        ready_s = wait_ready(f"http://127.0.0.1:{port}/v2/models/{name}/ready", process, timeout_s=300)
+        try:
+            ready_s = wait_ready(f"http://127.0.0.1:{port}/v2/models/{name}/ready", process, timeout_s=300)
+        except RuntimeError as exc:
+            raise RuntimeError(f"Triton did not start ({exc}); its log: {log}") from None
         yield {
             "command": " ".join(command),
             "config": config,
@@ -89,12 +97,19 @@ def triton_server(variant: dict[str, str], port: int, device: str) -> Iterator[d
             "url": f"http://127.0.0.1:{port}/v2/models/{name}/infer",
         }
     finally:
-        os.killpg(process.pid, signal.SIGINT)  # PyTriton stops tritonserver and its proxies on SIGINT
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT to the server's process group: PyTriton then stops tritonserver and its proxies."""
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(60)
+    except ProcessLookupError:  # it had exited already
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def v2_wrk(

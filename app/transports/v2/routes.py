@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
 from app.deps import PredictorDep, SettingsDep, require_api_key
@@ -48,6 +49,15 @@ class V2Route(APIRoute):
 
         return route
 
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A method the route does not take: 405 in the protocol's shape, not the rest of the API's."""
+        if self.methods and scope["method"] not in self.methods:
+            allowed = ", ".join(sorted(self.methods))
+            message = f"{scope['method']} is not allowed on {scope['path']}; use {allowed}"
+            await v2_error(405, message, {"Allow": allowed})(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
+
 
 def v2_error(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(error_body(message), status_code, headers, media_type="application/json")
@@ -60,6 +70,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "output, undecodable image.",
         401: "Missing or wrong API key (only when keys are configured).",
         404: "Unknown model name or version.",
+        405: "A method the route does not take.",
         413: "Body, image count or image pixels over the limit.",
         415: "Unsupported image format.",
         422: "Unknown target or kind.",
