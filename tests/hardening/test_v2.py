@@ -142,8 +142,8 @@ HOSTILE: dict[str, tuple[dict[str, Any], int, str]] = {
     "body over the limit": ({"content": b"{" + b" " * 400_000 + b"}"}, 413, "300000"),
     "unknown input": (json_request({"inputs": [{**ONE, "name": "input0"}]}), 400, "unknown input 'input0'"),
     "unknown output": (json_request({"inputs": [ONE], "outputs": [{"name": "logits"}]}), 400, "'logits'"),
-    "unknown target": (json_request({"inputs": [ONE], "parameters": {"target": "dog"}}), 422, "'dog'"),
-    "unknown kind": (json_request({"inputs": [ONE], "parameters": {"kind": "gradcam"}}), 422, "unknown kind"),
+    "unknown target": (json_request({"inputs": [ONE], "parameters": {"target": "dog"}}), 422, "got 'dog'"),
+    "unknown kind": (json_request({"inputs": [ONE], "parameters": {"kind": "gradcam"}}), 422, "'gradcam'"),
     "base64 that is not": (json_request({"inputs": [{**ONE, "data": ["%%%%"]}]}), 400, "base64"),
 }  # fmt: skip
 

@@ -15,22 +15,19 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
-from app.engine.forward import MapKind
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidParameter, InvalidRequest, TooManyImages
+from app.pipeline.query import MAP_KINDS, Operation, Query, query_from_values
 from app.transports.v2.codec import InferRequest, InputTensor, OutputTensor, encode_infer_response
 from models.checkpoint import ModelCard
 
 IMAGE, PIXELS = "image", "pixels"
 PROBABILITIES, LABEL, HEATMAP = "probabilities", "label", "heatmap"
 OUTPUTS = (PROBABILITIES, LABEL, HEATMAP)
-MAP_KINDS: tuple[str, ...] = get_args(MapKind)
-DEFAULT_KIND: MapKind = "evidence"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORM = "pytorch"
 PIXEL_CHANNELS = (1, 3, 4)  # a pixels tensor's C: grey, RGB, RGBA
@@ -46,34 +43,33 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
-class Query:
-    """A validated infer request: encoded images or pixel images, and what to answer.
+class V2Query:
+    """A validated infer request: the images, what to answer, and the request core's query for them.
 
     Attributes:
-        images: The ``image`` input's encoded images (None when ``pixels`` was sent).
-        pixels: The ``pixels`` input as Pillow images, one per element (None when ``image`` was sent).
+        images: The ``image`` input's encoded files, or the ``pixels`` input as one (H, W) or (H, W, C)
+            array per image: what :meth:`app.pipeline.core.Pipeline.infer` takes.
         outputs: Names of the outputs to send, in order, each with whether it goes as binary data.
-        target: The label the heatmap explains; None for each image's top class.
-        kind: Which map the heatmap shows.
+        query: Every class (``top_k`` = number of classes), and the heatmap's ``target`` and ``kind``.
+        id: The request's id, sent back in the response.
     """
 
-    images: list[bytes] | None
-    pixels: list[Image.Image] | None
+    images: list[bytes] | list[NDArray[np.uint8]]
     outputs: list[tuple[str, bool]]
-    target: str | None
-    kind: MapKind
+    query: Query
     id: str | None
-
-    @property
-    def count(self) -> int:
-        return len(self.images if self.images is not None else self.pixels or [])
 
     @property
     def wants_heatmap(self) -> bool:
         return any(name == HEATMAP for name, _ in self.outputs)
 
+    @property
+    def operation(self) -> Operation:
+        """The core's operation: a map is drawn only when the heatmap output is asked for."""
+        return "attention-map" if self.wants_heatmap else "predict"
 
-def read_query(request: InferRequest, card: ModelCard, limits: Limits) -> Query:
+
+def read_query(request: InferRequest, card: ModelCard, limits: Limits) -> V2Query:
     """Check an infer request against the model's inputs, outputs and parameters and the API's limits.
 
     Raises:
@@ -92,14 +88,13 @@ def read_query(request: InferRequest, card: ModelCard, limits: Limits) -> Query:
         raise InvalidRequest("send either the 'image' input or the 'pixels' input, not both")
     tensor = request.inputs[0]
     outputs = _outputs(request)
-    target, kind = _map_parameters(request, card)
-    if tensor.name == IMAGE:
-        return Query(_images(tensor, limits), None, outputs, target, kind, request.id)
-    return Query(None, _pixels(tensor, limits), outputs, target, kind, request.id)
+    query = _core_query(request, card)
+    images = _images(tensor, limits) if tensor.name == IMAGE else _pixels(tensor, limits)
+    return V2Query(images, outputs, query, request.id)
 
 
 def encode_answers(
-    query: Query,
+    query: V2Query,
     card: ModelCard,
     probabilities: NDArray[np.float32],
     heatmaps: list[NDArray[np.uint8]] | None,
@@ -140,7 +135,7 @@ def model_metadata(card: ModelCard) -> dict[str, Any]:
             {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
             {"name": HEATMAP, "datatype": "UINT8", "shape": [-1, -1, -1]},
         ],
-        "parameters": {"labels": list(card.labels), "kinds": list(MAP_KINDS), "default_kind": DEFAULT_KIND},
+        "parameters": {"labels": list(card.labels), "kinds": list(MAP_KINDS), "default_kind": Query().kind},
     }
 
 
@@ -158,19 +153,18 @@ def _outputs(request: InferRequest) -> list[tuple[str, bool]]:
     return [(output.name, output.binary) for output in request.outputs]
 
 
-def _map_parameters(request: InferRequest, card: ModelCard) -> tuple[str | None, MapKind]:
-    """``target`` and ``kind``: the heatmap output's parameters win over the request's."""
-    parameters = dict(request.parameters)
+def _core_query(request: InferRequest, card: ModelCard) -> Query:
+    """The core's query: every class, and ``target`` and ``kind`` read by the API's own parameter rules
+    (the heatmap output's parameters win over the request's)."""
+    parameters = {k: v for k, v in request.parameters.items() if k in ("target", "kind")}
     for output in request.outputs or []:
         if output.name == HEATMAP:
             parameters.update({k: v for k, v in output.parameters.items() if k in ("target", "kind")})
-    target = parameters.get("target")
-    if target is not None and (not isinstance(target, str) or target not in card.labels):
-        raise InvalidParameter(f"unknown target {target!r}; the labels are {card.labels}")
-    kind = parameters.get("kind", DEFAULT_KIND)
-    if kind not in MAP_KINDS:
-        raise InvalidParameter(f"unknown kind {kind!r}; one of {', '.join(MAP_KINDS)}")
-    return target, kind
+    for name, value in parameters.items():
+        if not isinstance(value, str):
+            raise InvalidParameter(f"{name} must be a string, got {value!r}")
+    pairs = [("top_k", str(len(card.labels))), *parameters.items()]
+    return query_from_values(pairs, "attention-map", card.labels)
 
 
 def _count(tensor: InputTensor, limits: Limits) -> int:
@@ -207,7 +201,7 @@ def _images(tensor: InputTensor, limits: Limits) -> list[bytes]:
     return images
 
 
-def _pixels(tensor: InputTensor, limits: Limits) -> list[Image.Image]:
+def _pixels(tensor: InputTensor, limits: Limits) -> list[NDArray[np.uint8]]:
     shape = tensor.shape
     if (
         tensor.datatype != "UINT8"
@@ -230,10 +224,7 @@ def _pixels(tensor: InputTensor, limits: Limits) -> list[Image.Image]:
             f"the images are {width}×{height}; both sides must be at least {limits.min_image_size} pixels"
         )
     assert isinstance(tensor.data, np.ndarray)
-    channels = shape[3] if len(shape) == 4 else 1
-    array = tensor.data.reshape(shape[0], height, width, channels)
-    # Pillow reads (H, W) uint8 as "L", (H, W, 3) as "RGB", (H, W, 4) as "RGBA".
-    return [Image.fromarray(np.ascontiguousarray(a if channels > 1 else a[..., 0])) for a in array]
+    return list(tensor.data)  # (H, W) or (H, W, C) each: grey, RGB or RGBA, as the core reads them
 
 
 # -- answering --------------------------------------------------------------------------------------
@@ -245,8 +236,8 @@ def _stack(heatmaps: list[NDArray[np.uint8]]) -> NDArray[np.uint8]:
     return np.stack(heatmaps)
 
 
-def check_heatmap_sizes(query: Query, sizes: list[tuple[int, int]]) -> None:
-    """One ``heatmap`` tensor needs one size: refuse images of several sizes before the forward pass.
+def check_heatmap_sizes(query: V2Query, sizes: list[tuple[int, int]]) -> None:
+    """One ``heatmap`` tensor needs one size.
 
     Raises:
         InvalidRequest: The query asks for the heatmap of images that differ in size.

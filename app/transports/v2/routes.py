@@ -1,7 +1,8 @@
 """The Open Inference Protocol's REST routes under ``/v2``: server and model metadata, health, infer.
 
 A thin transport: it reads the protocol's wire format (:mod:`.codec`, :mod:`.protocol`) and runs the
-query through the same predictor, engine, limits and API keys as ``/predict``. Errors leave as the
+query through the request core (:meth:`app.pipeline.core.Pipeline.infer`) with the same engine, limits,
+query rules and API keys as ``/predict``. Errors leave as the
 protocol's ``{"error": "<message>"}`` with the status our own API gives the same mistake. Health is
 open; everything under ``/v2/models`` needs the API key when keys are configured.
 """
@@ -11,22 +12,30 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from numpy.typing import NDArray
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app.config import Settings
-from app.deps import PredictorDep, SettingsDep, require_api_key
-from app.errors import GlimpseError, ModelNotReady, PayloadTooLarge
-from app.pipeline.predictor import Predictor
-from app.pipeline.uploads import check_declared_length
-from app.transports.routes.common import json_response
+from app.deps import PipelineDep, StateDep, require_api_key
+from app.errors import GlimpseError, ModelNotReady
+from app.pipeline.core import Pipeline
+from app.pipeline.uploads import check_declared_length, read_body
 from app.transports.v2 import schemas
 from app.transports.v2.codec import HEADER_LENGTH, error_body, header_length, parse_infer_request
-from app.transports.v2.inference import infer as run_infer
-from app.transports.v2.protocol import Limits, encode_answers, model_metadata, read_query, server_metadata
+from app.transports.v2.protocol import (
+    Limits,
+    V2Query,
+    check_heatmap_sizes,
+    encode_answers,
+    model_metadata,
+    read_query,
+    server_metadata,
+)
 
 
 class UnknownModel(GlimpseError):  # noqa: N818 - named for what happened, as app.errors' are
@@ -57,6 +66,10 @@ class V2Route(APIRoute):
             await v2_error(405, message, {"Allow": allowed})(scope, receive, send)
             return
         await super().handle(scope, receive, send)
+
+
+def json_response(payload: Any) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def v2_error(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -100,16 +113,16 @@ async def live() -> Response:
 
 
 @health.get("/health/ready", response_model=schemas.ReadyV2, responses={503: ERRORS[503]})
-async def ready(request: Request) -> Response:
-    """200 once the model is loaded and warm; 503 before that and while shutting down."""
-    state = request.app.state
-    if state.draining or not state.ready:
-        raise ModelNotReady("the model is not ready", headers={"Retry-After": "1"})
+async def ready(state: StateDep) -> Response:
+    """200 once the model is loaded and warm in every worker; 503 before that and while shutting down."""
+    reason = state.not_ready_reason()
+    if reason is not None:
+        raise ModelNotReady(reason, headers={"Retry-After": "1"})
     return json_response({"ready": True})
 
 
-def check_model(predictor: Predictor, name: str, version: str | None) -> None:
-    card = predictor.card
+def check_model(pipeline: Pipeline, name: str, version: str | None) -> None:
+    card = pipeline.card
     if name != card.name or version not in (None, card.version):
         asked = f"{name!r}" if version is None else f"{name!r} version {version!r}"
         raise UnknownModel(
@@ -117,33 +130,34 @@ def check_model(predictor: Predictor, name: str, version: str | None) -> None:
         )
 
 
+INFER_ROUTE = "/v2/models/{name}/infer"  # the metrics' route label for both infer paths
 MODEL_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (401, 404, 503)}
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {200: schemas.INFER_RESPONSES, **ERRORS}
 
 
 @models.get("/{name}", response_model=schemas.ModelMetadataV2, responses=MODEL_ERRORS)
-async def model(predictor: PredictorDep, name: str) -> Response:
+async def model(pipeline: PipelineDep, name: str) -> Response:
     """Model metadata: inputs and outputs with datatypes and shapes; the labels in its parameters."""
-    return _metadata(predictor, name, None)
+    return _metadata(pipeline, name, None)
 
 
 @models.get("/{name}/versions/{version}", response_model=schemas.ModelMetadataV2, responses=MODEL_ERRORS)
-async def model_version(predictor: PredictorDep, name: str, version: str) -> Response:
+async def model_version(pipeline: PipelineDep, name: str, version: str) -> Response:
     """Model metadata of one version (the card's version is the only one)."""
-    return _metadata(predictor, name, version)
+    return _metadata(pipeline, name, version)
 
 
 @models.get("/{name}/ready", response_model=schemas.ModelReadyV2, responses=MODEL_ERRORS)
-async def model_ready(predictor: PredictorDep, name: str) -> Response:
+async def model_ready(pipeline: PipelineDep, name: str) -> Response:
     """200 once the model is loaded and warm; 503 before that."""
-    check_model(predictor, name, None)
+    check_model(pipeline, name, None)
     return json_response({"name": name, "ready": True})
 
 
 @models.get("/{name}/versions/{version}/ready", response_model=schemas.ModelReadyV2, responses=MODEL_ERRORS)
-async def model_version_ready(predictor: PredictorDep, name: str, version: str) -> Response:
+async def model_version_ready(pipeline: PipelineDep, name: str, version: str) -> Response:
     """200 once the model is loaded and warm; 503 before that."""
-    check_model(predictor, name, version)
+    check_model(pipeline, name, version)
     return json_response({"name": name, "ready": True})
 
 
@@ -153,9 +167,9 @@ async def model_version_ready(predictor: PredictorDep, name: str, version: str) 
     openapi_extra=schemas.INFER_REQUEST_BODY,
     responses=INFER_RESPONSES,
 )
-async def infer(request: Request, predictor: PredictorDep, settings: SettingsDep, name: str) -> Response:
+async def infer(request: Request, pipeline: PipelineDep, name: str) -> Response:
     """Inference on encoded images (`image`) or raw pixels (`pixels`), as JSON or binary tensors."""
-    return await _infer(request, predictor, settings, name, None)
+    return await _infer(request, pipeline, name, None)
 
 
 @models.post(
@@ -164,42 +178,42 @@ async def infer(request: Request, predictor: PredictorDep, settings: SettingsDep
     openapi_extra=schemas.INFER_REQUEST_BODY,
     responses=INFER_RESPONSES,
 )
-async def infer_version(
-    request: Request, predictor: PredictorDep, settings: SettingsDep, name: str, version: str
-) -> Response:
+async def infer_version(request: Request, pipeline: PipelineDep, name: str, version: str) -> Response:
     """Inference on one version of the model (the card's version is the only one)."""
-    return await _infer(request, predictor, settings, name, version)
+    return await _infer(request, pipeline, name, version)
 
 
-def _metadata(predictor: Predictor, name: str, version: str | None) -> Response:
-    check_model(predictor, name, version)
-    return json_response(model_metadata(predictor.card))
+def _metadata(pipeline: Pipeline, name: str, version: str | None) -> Response:
+    check_model(pipeline, name, version)
+    return json_response(model_metadata(pipeline.card))
 
 
-async def _infer(
-    request: Request, predictor: Predictor, settings: Settings, name: str, version: str | None
-) -> Response:
-    check_model(predictor, name, version)
-    body = await read_body(request, settings.max_body_bytes)
+async def _infer(request: Request, pipeline: Pipeline, name: str, version: str | None) -> Response:
+    check_model(pipeline, name, version)
+    limits = pipeline.limits
+    check_declared_length(dict(request.scope["headers"]).get(b"content-length"), limits.max_body_bytes)
+    body = await read_body(request.receive, limits.max_body_bytes)
     length = header_length(request.headers.get(HEADER_LENGTH), len(body))
-    limits = Limits(
-        settings.max_images_per_request, predictor.limits.max_image_pixels, predictor.limits.min_image_size
-    )
-    query = read_query(parse_infer_request(body, length), predictor.card, limits)
-    predictor.engine.metrics.observe_images("/v2/infer", query.count)
-    probabilities, heatmaps = await run_infer(predictor, query)
-    content, headers = encode_answers(query, predictor.card, probabilities, heatmaps)
+    numbers = Limits(limits.max_images_per_request, limits.max_image_pixels, limits.min_image_size)
+    query = read_query(parse_infer_request(body, length), pipeline.card, numbers)
+    pipeline.metrics.observe_images(INFER_ROUTE, len(query.images))
+    probabilities, heatmaps = await answers(pipeline, query)
+    content, headers = encode_answers(query, pipeline.card, probabilities, heatmaps)
     return Response(content, headers=headers)
 
 
-async def read_body(request: Request, max_body_bytes: int) -> bytes:
-    """The whole body, refused with 413 as soon as it passes the API's limit."""
-    check_declared_length(request.headers.get("content-length"), max_body_bytes)
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_body_bytes:
-            raise PayloadTooLarge(f"the body exceeds the limit of {max_body_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def answers(
+    pipeline: Pipeline, query: V2Query
+) -> tuple[NDArray[np.float32], list[NDArray[np.uint8]] | None]:
+    """The outputs as arrays: probabilities ``[N, classes]`` in class order, and the heat images
+    ``/attention-map`` encodes as PNGs when the heatmap is asked for."""
+    results = await pipeline.infer(query.images, query.query, query.operation)
+    probabilities = np.zeros((len(results), len(pipeline.card.labels)), np.float32)
+    for row, result in enumerate(results):
+        probabilities[row, result.prediction.indices] = result.prediction.scores
+    if not query.wants_heatmap:
+        return probabilities, None
+    check_heatmap_sizes(query, [(r.decoded.width, r.decoded.height) for r in results])
+    heatmaps = [result.prediction.heat for result in results]
+    assert all(heat is not None for heat in heatmaps)  # the core renders every map it was asked for
+    return probabilities, [heat for heat in heatmaps if heat is not None]

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from PIL import Image
 
 from app.errors import (
     GlimpseError,
@@ -23,7 +22,7 @@ from app.errors import (
 from app.transports.v2.codec import HEADER_LENGTH, parse_infer_request
 from app.transports.v2.protocol import (
     Limits,
-    Query,
+    V2Query,
     check_heatmap_sizes,
     encode_answers,
     model_metadata,
@@ -46,7 +45,7 @@ def query_of(
     inputs: list[triton.InferInput],
     outputs: list[triton.InferRequestedOutput] | None = None,
     parameters: dict[str, Any] | None = None,
-) -> Query:
+) -> V2Query:
     body, json_size = Client.generate_request_body(inputs, outputs=outputs, parameters=parameters)
     return read_query(parse_infer_request(bytes(body), json_size), card, LIMITS)
 
@@ -66,11 +65,10 @@ def pixels_input(array: np.ndarray[Any, Any], datatype: str = "UINT8") -> triton
 def test_binary_images_are_passed_through(card: ModelCard) -> None:
     query = query_of(card, [images_input([b"png one", b"png two"])])
     assert query.images == [b"png one", b"png two"]
-    assert query.pixels is None
-    assert query.count == 2
     # tritonclient asks for every output as binary data when it names none (binary_data_output)
     assert query.outputs == [("probabilities", True), ("label", True), ("heatmap", True)]
-    assert (query.target, query.kind) == (None, "evidence")
+    assert (query.query.top_k, query.query.target, query.query.kind) == (10, None, "evidence")
+    assert query.operation == "attention-map"  # the heatmap is among the outputs
 
 
 def test_one_image_per_row_as_a_batching_triton_model_takes_it(card: ModelCard) -> None:
@@ -90,18 +88,14 @@ def test_json_image_that_is_not_base64(card: ModelCard) -> None:
         query_of(card, [images_input([base64.b64encode(b"ok"), b"not base64!"], binary=False)])
 
 
-@pytest.mark.parametrize(
-    ("shape", "mode"),
-    [((2, 20, 30), "L"), ((2, 20, 30, 1), "L"), ((2, 20, 30, 3), "RGB"), ((1, 20, 30, 4), "RGBA")],
-)
-def test_pixels_become_images(card: ModelCard, shape: tuple[int, ...], mode: str) -> None:
+@pytest.mark.parametrize("shape", [(2, 20, 30), (2, 20, 30, 1), (2, 20, 30, 3), (1, 20, 30, 4)])
+def test_pixels_become_one_array_per_image(card: ModelCard, shape: tuple[int, ...]) -> None:
     array = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     query = query_of(card, [pixels_input(array)])
-    assert query.pixels is not None
-    assert [(image.mode, image.size) for image in query.pixels] == [(mode, (30, 20))] * shape[0]
-    np.testing.assert_array_equal(
-        np.asarray(query.pixels[-1]), array[-1].reshape(np.asarray(query.pixels[-1]).shape)
-    )
+    assert len(query.images) == shape[0]
+    for image, expected in zip(query.images, array, strict=True):
+        assert isinstance(image, np.ndarray)
+        np.testing.assert_array_equal(image, expected)
 
 
 def test_requested_outputs_and_map_parameters(card: ModelCard) -> None:
@@ -111,7 +105,7 @@ def test_requested_outputs_and_map_parameters(card: ModelCard) -> None:
     ]
     query = query_of(card, [images_input([b"x"])], outputs, parameters={"target": "2", "kind": "attention"})
     assert query.outputs == [("heatmap", True), ("label", False)]
-    assert (query.target, query.kind) == ("2", "attention")
+    assert (query.query.target, query.query.kind) == ("2", "attention")
 
 
 def test_the_heatmap_outputs_parameters_win(card: ModelCard) -> None:
@@ -122,7 +116,7 @@ def test_the_heatmap_outputs_parameters_win(card: ModelCard) -> None:
         "outputs": [{"name": "heatmap", "parameters": {"target": "7"}}],
     }
     query = read_query(parse_infer_request(json.dumps(document).encode(), None), card, LIMITS)
-    assert (query.target, query.kind) == ("7", "attention")
+    assert (query.query.target, query.query.kind) == ("7", "attention")
 
 
 ONE = {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["YQ=="]}  # one image, "a" in base64
@@ -158,12 +152,12 @@ BAD: list[tuple[str, dict[str, Any], type[GlimpseError], str]] = [
     ("empty outputs", {"inputs": [ONE],
                        "outputs": []}, InvalidRequest, "'outputs' is empty"),
     ("unknown target", {"inputs": [ONE],
-                        "parameters": {"target": "cat"}}, InvalidParameter, "unknown target 'cat'"),
+                        "parameters": {"target": "cat"}}, InvalidParameter, "one of the model's labels"),
     ("target as a number", {"inputs": [ONE],
-                            "parameters": {"target": 3}}, InvalidParameter, "unknown target 3"),
+                            "parameters": {"target": 3}}, InvalidParameter, "target must be a string, got 3"),
     ("unknown kind", {"inputs": [ONE],
                       "outputs": [{"name": "heatmap", "parameters": {"kind": "gradcam"}}]},
-     InvalidParameter, "unknown kind 'gradcam'"),
+     InvalidParameter, "kind must be one of 'evidence', 'attention', got 'gradcam'"),
 ]  # fmt: skip
 
 
@@ -184,6 +178,7 @@ def test_heatmaps_of_several_sizes_are_refused(card: ModelCard) -> None:
         check_heatmap_sizes(query, [(20, 20), (30, 20)])
     labels_only = query_of(card, [images_input([b"a", b"b"])], [triton.InferRequestedOutput("label")])
     check_heatmap_sizes(labels_only, [(20, 20), (30, 20)])
+    assert labels_only.operation == "predict"  # no map is drawn when no heatmap is asked for
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -235,13 +230,3 @@ def test_metadata(card: ModelCard) -> None:
         "heatmap": ("UINT8", [-1, -1, -1]),
     }
     assert metadata["parameters"]["labels"] == card.labels
-
-
-def test_pixels_input_equals_the_decoded_image(card: ModelCard) -> None:
-    """The same preprocessing as decoded images: a pixels image is what Pillow decodes from a PNG."""
-    array = np.random.default_rng(1).integers(0, 256, (1, 24, 24, 3), dtype=np.uint8)
-    query = query_of(card, [pixels_input(array)])
-    assert query.pixels is not None
-    np.testing.assert_array_equal(
-        np.asarray(query.pixels[0].convert("L")), np.asarray(Image.fromarray(array[0]).convert("L"))
-    )
