@@ -128,6 +128,7 @@ class GlimpseAPI(FastAPI):
             return schema
         card = state.pipeline.card
         openapi.complete(schema, state.settings, card.labels, {"name": card.name, "version": card.version})
+        v2.complete_openapi(schema, card)
         return schema
 
 
@@ -146,6 +147,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "models", "description": "The served model."},
             {"name": "health", "description": "Probes for orchestrators."},
             {"name": "metrics", "description": "Prometheus metrics."},
+            {"name": "v2", "description": "Open Inference Protocol (KServe v2): server metadata, health."},
+            {
+                "name": "v2 models",
+                "description": "Open Inference Protocol (KServe v2): model metadata, readiness, infer "
+                "(JSON or Triton's binary tensor data).",
+            },
         ],
     )
     app.state.service = state = ServiceState(settings=settings, metrics=Metrics())

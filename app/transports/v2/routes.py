@@ -36,6 +36,7 @@ from app.transports.v2.protocol import (
     read_query,
     server_metadata,
 )
+from models.checkpoint import ModelCard
 
 
 class UnknownModel(GlimpseError):  # noqa: N818 - named for what happened, as app.errors' are
@@ -68,6 +69,19 @@ class V2Route(APIRoute):
         await super().handle(scope, receive, send)
 
 
+def complete_openapi(schema: dict[str, Any], card: ModelCard) -> None:
+    """The served model's name and version as the only values of the ``{name}`` and ``{version}`` path
+    parameters, so that the page (and schemathesis) show the paths that answer."""
+    values = {"name": card.name, "version": card.version}
+    for path, methods in schema["paths"].items():
+        if not path.startswith("/v2/models/"):
+            continue
+        for operation in methods.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] in values:
+                    parameter["schema"] = {**parameter["schema"], "enum": [values[parameter["name"]]]}
+
+
 def json_response(payload: Any) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json")
 
@@ -91,10 +105,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         504: "The request's deadline passed.",
     }.items()
 }
-health = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=V2Route)
+health = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
 models = APIRouter(
     prefix="/v2/models",
-    tags=["v2 (Open Inference Protocol)"],
+    tags=["v2 models"],
     route_class=V2Route,
     dependencies=[Depends(require_api_key)],
 )
