@@ -33,6 +33,7 @@ from app.runtime.metrics import Metrics, MetricsMiddleware
 from app.state import ServiceState, service_state
 from app.transports.fast_path import FastPath
 from app.transports.routes import attention, demo, health, metrics, models, predict
+from app.transports.v2 import routes as v2
 from models.attention_net import AttentionNet
 from models.checkpoint import ModelArtifactError, ModelCard, load_model
 
@@ -128,6 +129,7 @@ class GlimpseAPI(FastAPI):
             return schema
         card = state.pipeline.card
         openapi.complete(schema, state.settings, card.labels, {"name": card.name, "version": card.version})
+        v2.complete_openapi(schema, card)
         return schema
 
 
@@ -146,6 +148,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "models", "description": "The served model."},
             {"name": "health", "description": "Probes for orchestrators."},
             {"name": "metrics", "description": "Prometheus metrics."},
+            {"name": "v2", "description": "Open Inference Protocol (KServe v2): server metadata, health."},
+            {
+                "name": "v2 models",
+                "description": "Open Inference Protocol (KServe v2): model metadata, readiness, infer "
+                "(JSON or Triton's binary tensor data).",
+            },
         ],
     )
     app.state.service = state = ServiceState(settings=settings, metrics=Metrics())
@@ -162,6 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(QuietStartupFailure)
     for module in (predict, attention, models, health, metrics, demo):
         app.include_router(module.router)
+    app.include_router(v2.health)  # the Open Inference Protocol: GET /v2 and its health probes
+    app.include_router(v2.models)  # /v2/models/...: metadata, readiness, infer
     return app
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from app.config import Settings
 from app.pipeline.query import PATHS, openapi_parameters
 
-SECURED_TAGS = {"inference", "models"}
+SECURED_TAGS = {"inference", "models", "v2 models"}  # v2 models: the Open Inference Protocol's
 SECURITY_SCHEMES = {
     "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     "Bearer": {"type": "http", "scheme": "bearer"},

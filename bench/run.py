@@ -65,11 +65,20 @@ def write_result(out: Path, name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def wrk(url: str, connections: int, seconds: int, threads: int, image: Path) -> dict[str, Any]:
+def wrk(
+    url: str,
+    connections: int,
+    seconds: int,
+    threads: int,
+    image: Path,
+    script: str = "multipart.lua",
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """wrk on ``url`` with a script of bench/wrk/ (multipart.lua posts ``image``; v2.lua reads ``env``)."""
     command = [
         "wrk",
         "-s",
-        str(BENCH / "wrk" / "multipart.lua"),
+        str(BENCH / "wrk" / script),
         f"-c{connections}",
         f"-t{min(threads, connections)}",
         f"-d{seconds}s",
@@ -79,7 +88,7 @@ def wrk(url: str, connections: int, seconds: int, threads: int, image: Path) -> 
         url,
     ]
     out = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "IMAGE": str(image)}
+        command, capture_output=True, text=True, env={**os.environ, "IMAGE": str(image), **(env or {})}
     ).stdout
     line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
     raw = json.loads(line.removeprefix("WRK_JSON "))

@@ -53,6 +53,7 @@ MODES = {  # the modes each format can store
 def test_http_surface_never_answers_5xx(server: str, mode: GenerationMode) -> None:
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+    operations = [op for op in operations if not op.path.startswith("/v2")]  # tests/hardening/test_v2.py
     assert len(operations) == 6
 
     for operation in operations:
