@@ -19,7 +19,13 @@ SECURITY_SCHEMES = {
     "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     "Bearer": {"type": "http", "scheme": "bearer"},
 }
-_BASE64_ITEMS = {"type": "string", "contentEncoding": "base64"}
+# OpenAPI's ``byte`` format: base64 (RFC 4648, a ``data:`` URL prefix accepted), of an image file.
+_BASE64_ITEMS = {"type": "string", "format": "byte", "contentEncoding": "base64"}
+IMAGE_FILE = (
+    "PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF (first page); any mode; EXIF orientation is "
+    "applied. Each side at least `input.min_size` and at most `input.max_pixels` pixels in all "
+    "(`GET /models`)."
+)
 
 
 def error_examples(settings: Settings, labels: Sequence[str]) -> dict[int, tuple[str, str]]:
@@ -54,8 +60,7 @@ def request_body(max_images: int) -> dict[str, Any]:
                             "items": {"type": "string", "format": "binary"},
                             "minItems": 1,
                             "maxItems": max_images,
-                            "description": "Image file(s): PNG, JPEG, WebP, BMP, GIF (first frame), TIFF "
-                            "(first page); any mode; EXIF orientation is applied.",
+                            "description": f"Image file(s): {IMAGE_FILE}",
                         }
                     },
                     "required": ["file"],
@@ -67,7 +72,9 @@ def request_body(max_images: int) -> dict[str, Any]:
                     "oneOf": [
                         {
                             "type": "object",
-                            "properties": {"image": {**_BASE64_ITEMS, "description": "One image file."}},
+                            "properties": {
+                                "image": {**_BASE64_ITEMS, "description": f"One image file: {IMAGE_FILE}"}
+                            },
                             "required": ["image"],
                             "additionalProperties": False,
                         },
@@ -79,7 +86,8 @@ def request_body(max_images: int) -> dict[str, Any]:
                                     "items": _BASE64_ITEMS,
                                     "minItems": 1,
                                     "maxItems": max_images,
-                                    "description": 'Image files; the answer is `{"results": [...]}`.',
+                                    "description": f'Image files; the answer is `{{"results": [...]}}`. '
+                                    f"Each: {IMAGE_FILE}",
                                 }
                             },
                             "required": ["images"],

@@ -61,6 +61,7 @@ def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
     """
     if not data:
         raise InvalidImage("the image is empty")
+    check_structure(data)
     try:
         image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
@@ -82,6 +83,68 @@ def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
     if min(width, height) < min_size:
         raise ImageTooSmall(f"the image is {width}×{height}; both sides must be at least {min_size} pixels")
     return image
+
+
+# Pillow reads PNG chunks and GIF blocks one at a time in Python, and libjpeg decodes every scan of a
+# progressive JPEG over the whole image: a 12 MB PNG of a million empty chunks, a GIF of 3 M empty
+# comment blocks or a JPEG of 350 k empty scans takes seconds to tens of seconds of CPU that no
+# deadline can stop. Encoders write far fewer (libpng splits pixels into 8 KiB chunks, GIF encoders
+# write a handful of extensions, libjpeg 10 scans, mozjpeg about as many), so past these bounds the
+# file is refused before Pillow reads it; checking costs a bytes count or a walk of at most the bound.
+PNG_MAX_CHUNKS_BASE = 256  # plus one chunk per PNG_MIN_AVERAGE_CHUNK_BYTES of file
+PNG_MIN_AVERAGE_CHUNK_BYTES = 2048
+GIF_MAX_BLOCKS_BEFORE_IMAGE = 1024  # extension blocks and their data sub-blocks before the first image
+JPEG_MAX_SCANS = 100
+
+
+def check_structure(data: bytes) -> None:
+    """Refuse a PNG, GIF or JPEG with more chunks, blocks or scans than any encoder writes.
+
+    Raises:
+        InvalidImage: Past :data:`PNG_MAX_CHUNKS_BASE`, :data:`GIF_MAX_BLOCKS_BEFORE_IMAGE` or
+            :data:`JPEG_MAX_SCANS` (the comment above them says why).
+    """
+    if data.startswith(_PNG_SIGNATURE):
+        limit = PNG_MAX_CHUNKS_BASE + len(data) // PNG_MIN_AVERAGE_CHUNK_BYTES
+        if _png_chunks(data, limit) > limit:
+            raise InvalidImage(f"the PNG has more than {limit} chunks; encoders write far fewer, larger ones")
+    elif data.startswith((b"GIF87a", b"GIF89a")):
+        if _gif_blocks_before_image(data, GIF_MAX_BLOCKS_BEFORE_IMAGE) > GIF_MAX_BLOCKS_BEFORE_IMAGE:
+            raise InvalidImage(
+                f"the GIF has more than {GIF_MAX_BLOCKS_BEFORE_IMAGE} extension blocks before its image"
+            )
+    elif data.startswith(b"\xff\xd8") and data.count(b"\xff\xda") > JPEG_MAX_SCANS:
+        # 0xFF in entropy-coded data is always followed by 0x00 or a restart marker, so this counts
+        # start-of-scan markers (and those of an embedded thumbnail, a few more).
+        raise InvalidImage(f"the JPEG has more than {JPEG_MAX_SCANS} scans")
+
+
+def _png_chunks(data: bytes, limit: int) -> int:
+    """How many chunks the PNG has, counting at most ``limit + 1`` (Pillow words a broken layout)."""
+    position, count = len(_PNG_SIGNATURE), 0
+    while position + 8 <= len(data) and count <= limit:
+        length = int.from_bytes(data[position : position + 4], "big")
+        count += 1
+        if data[position + 4 : position + 8] == b"IEND":
+            break
+        position += 12 + length
+    return count
+
+
+def _gif_blocks_before_image(data: bytes, limit: int) -> int:
+    """Extension blocks and sub-blocks before the GIF's first image, counting at most ``limit + 1``."""
+    flags = data[10] if len(data) > 10 else 0
+    position = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)  # past the colour table
+    count = 0
+    while position + 1 < len(data) and data[position] == 0x21 and count <= limit:
+        position += 2  # the introducer and the label, then sub-blocks up to an empty one
+        while position < len(data) and count <= limit:
+            size = data[position]
+            position += 1 + size
+            count += 1
+            if size == 0:
+                break
+    return count
 
 
 def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = False) -> DecodedImage:

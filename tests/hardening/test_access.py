@@ -12,6 +12,7 @@ import pytest
 
 from app.config import Settings
 from tests.helpers import E2E_API_KEY, REPO_ROOT, b64, started_client
+from tests.serving import running
 
 pytestmark = pytest.mark.anyio
 
@@ -175,3 +176,49 @@ def test_answers_never_carry_internals(server: str) -> None:
 
 def test_server_header_does_not_advertise_python_versions(server: str) -> None:
     assert httpx.get(f"{server}/health/live").headers.get("server", "") in ("", "uvicorn")
+
+
+DUPLICATES: list[list[tuple[str, str]]] = [
+    [("X-API-Key", "wrong"), ("X-API-Key", KEYS[0])],  # the fast path once took the last, FastAPI the first
+    [("X-API-Key", KEYS[0]), ("X-API-Key", "wrong")],
+    [("X-API-Key", KEYS[0]), ("X-API-Key", KEYS[0])],
+    [("X-API-Key", KEYS[0]), ("Authorization", f"Bearer {KEYS[1]}")],
+    [("Authorization", f"Bearer {KEYS[0]}"), ("Authorization", f"Bearer {KEYS[0]}")],
+]
+TRANSPORTS = {  # how a request reaches each transport of a server with CORS on
+    "fast path": [],
+    "FastAPI routes": [("Origin", "http://allowed.test")],
+}
+
+
+async def test_duplicate_credentials_are_refused_on_every_transport(
+    canvas_png: Callable[[int], bytes],
+) -> None:
+    """Over real uvicorn, which hands the core every header as sent: 401, worded alike, everywhere."""
+    image = canvas_png(0)
+    env = {"GLIMPSE_API_KEYS": ",".join(KEYS), "GLIMPSE_CORS_ORIGINS": "http://allowed.test"}
+    with running(env) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            for route, extra in TRANSPORTS.items():
+                for credentials in [*DUPLICATES, [("X-API-Key", KEYS[1])]]:
+                    headers = [*credentials, *extra]
+                    answers = [
+                        await http.post(
+                            "/predict", files={"file": ("a.png", image, "image/png")}, headers=headers
+                        ),
+                        await http.post("/attention-map", json={"image": b64(image)}, headers=headers),
+                        await http.get("/models", headers=headers),
+                    ]
+                    for response in answers:
+                        where = (route, credentials, str(response.request.url))
+                        if credentials in DUPLICATES:
+                            assert response.status_code == 401, where
+                            assert response.json()["error"]["message"] == (
+                                "more than one API key in the request: send exactly one"
+                            ), where
+                        else:
+                            assert response.status_code == 200, where
+                            if extra:  # the FastAPI routes answered, with CORS headers
+                                assert (
+                                    response.headers["access-control-allow-origin"] == "http://allowed.test"
+                                )
