@@ -46,6 +46,7 @@ def cluster_env() -> dict[str, str]:
         # On a busy 2-core machine an agent can take more than the default 30 s to import; the raylet
         # would then give up on its node.
         RAY_agent_register_timeout_ms="300000",
+        RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="300",  # the dashboard's modules, likewise
     )
     return env
 
@@ -77,7 +78,7 @@ def start_node(arguments: list[str], log: Path, timeout_s: float) -> Node:
     deadline = time.monotonic() + timeout_s
     while STARTED_LINE not in node.output():
         if process.poll() is not None or time.monotonic() > deadline:
-            stop_session(process.pid)
+            stop_node(node)
             raise RuntimeError(f"ray start did not bring the node up:\n{node.output()[-3000:]}")
         time.sleep(0.5)
     return node
@@ -93,7 +94,7 @@ def session_members(session_id: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == session_id:
+        if int(fields[3]) == session_id and fields[0] != "Z":  # a zombie is gone but for its parent's wait
             members.append(int(entry.name))
     return members
 
@@ -109,6 +110,11 @@ def stop_session(session_id: int, grace_s: float = 10) -> None:
             time.sleep(0.2)
         if not session_members(session_id):
             return
+
+
+def stop_node(node: Node) -> None:
+    stop_session(node.process.pid)
+    node.process.wait(timeout=10)
 
 
 @contextmanager
@@ -134,7 +140,7 @@ def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 
             temp_dir / "head.log",
             timeout_s,
         )  # fmt: skip
-        stack.callback(stop_session, head.process.pid)
+        stack.callback(stop_node, head)
         worker = start_node(
             [
                 "--address", gcs_address,
@@ -148,5 +154,5 @@ def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 
             temp_dir / "worker.log",
             timeout_s,
         )  # fmt: skip
-        stack.callback(stop_session, worker.process.pid)
+        stack.callback(stop_node, worker)
         yield gcs_address

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import shutil
+import tempfile
 import time
 import tomllib
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +261,7 @@ def wait_running(replica_count: int, timeout_s: float) -> None:
         application = serve.status().applications.get("glimpse")
         if application is not None and application.status == "RUNNING":
             states = {
-                state.value: count
+                str(getattr(state, "value", state)): count  # a str at run time, typed as an enum
                 for state, count in application.deployments["glimpse"].replica_states.items()
             }
             if states.get("RUNNING") == replica_count and len(states) == 1:
@@ -268,27 +271,27 @@ def wait_running(replica_count: int, timeout_s: float) -> None:
 
 
 @pytest.fixture
-def serve_on_two_nodes(tmp_path: Path) -> Iterator[str]:
+def serve_on_two_nodes() -> Iterator[str]:
     """Serve on a two-node cluster, one Glimpse replica per node; yields the proxy's URL."""
     port = free_port()
-    with two_node_cluster(tmp_path) as gcs_address:
+    # Not pytest's tmp_path: Ray's socket paths under it would pass the 107-byte limit of AF_UNIX.
+    temp_dir = Path(tempfile.mkdtemp(prefix="glimpse-ray-"))
+    with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, temp_dir, ignore_errors=True)
+        gcs_address = cleanup.enter_context(two_node_cluster(temp_dir))
         ray.init(address=gcs_address, _node_ip_address=HEAD_IP, log_to_driver=False)
-        try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
-            # One replica per node: the placement Serve's max_replicas_per_node gives across nodes.
-            application = ray_serve.Glimpse.options(
-                num_replicas=2,
-                max_replicas_per_node=1,
-                ray_actor_options={"num_cpus": 0.5},
-            ).bind()
-            serve.run(application, name="glimpse", route_prefix="/", blocking=False)
-            wait_running(2, timeout_s=300)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            try:
-                serve.shutdown()  # type: ignore[no-untyped-call]
-            finally:
-                ray.shutdown()
+        cleanup.callback(ray.shutdown)
+        cleanup.callback(serve.shutdown)
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        # One replica per node: the placement Serve's max_replicas_per_node gives across nodes.
+        application = ray_serve.Glimpse.options(
+            num_replicas=2,
+            max_replicas_per_node=1,
+            ray_actor_options={"num_cpus": 0.5},
+        ).bind()
+        serve.run(application, name="glimpse", route_prefix="/", blocking=False)
+        wait_running(2, timeout_s=300)
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.slow
