@@ -11,6 +11,10 @@ PIP_PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${PIP_PLATFORMS[@]}" -d wheels -r requirements.txt
 (cd wheels && apt-get download wrk libluajit-5.1-2 libluajit-5.1-common)
+# Ray Serve for ray.sh (bench.ray_scaling), in a folder of its own: ray's wheel alone is ~70 MB.
+mkdir -p wheels-ray
+python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  "${PIP_PLATFORMS[@]}" -d wheels-ray -r requirements-ray.txt
 ls -l wheels
 
 # TorchServe for the side-by-side run: its wheels unpacked into one site folder, and a Java 17 runtime

@@ -1,0 +1,204 @@
+"""Ray Serve scaling: Glimpse with 1, 2, 4, 8 replicas against ``python -m app.serve`` with as many workers.
+
+For each replica kind (``cpu``: CPU replicas; ``gpu``: replicas sharing one GPU through fractional
+``num_gpus``) and each count N, it deploys ``app.runtime.ray_serve`` with N replicas of ``cores // N``
+CPUs each (so that N replicas hold the cores N standalone workers share, and size their threads the
+same way), loads it with wrk through Serve's proxy, then starts the standalone service with N workers
+on the same device and loads it the same way. Serve's controller and proxy take no CPU reservation: what
+they cost shows in Ray's figures, as it would in production. Ray
+and standalone alternate in every round, the order flipped each round, so that both see the same
+stretches of the machine. It prints and writes req/s and p99 per count (median over rounds), the
+scaling efficiency (req/s at N over N × req/s at 1) and Ray's share of the standalone figure.
+
+    python -m bench.ray_scaling                                  # CPU replicas, 1 2 4 8, 3 rounds
+    python -m bench.ray_scaling --kinds cpu gpu --concurrency 128   # the GPU host (bench/gpu/ray.sh)
+
+Needs the ray extra and wrk. Writes bench/results/<stamp>-<host>-ray-scaling.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One node, on loopback: Ray would otherwise advertise the machine's outward address to itself.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import argparse
+import socket
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from app.runtime.ray_serve import Glimpse
+from bench.run import BENCH, glimpse_server, machine, result_header, write_result, wrk
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+RAY_PORT, STANDALONE_PORT = free_port(), free_port()
+APPLICATION = "glimpse"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--kinds", nargs="+", choices=["cpu", "gpu"], default=["cpu"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64, help="wrk connections")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--wrk-threads", type=int, default=4)
+    parser.add_argument("--endpoint", default="/predict")
+    parser.add_argument("--image", type=Path, default=BENCH / "canvas60.png")
+    parser.add_argument(
+        "--max-ongoing-requests", type=int, default=64, help="Serve's per-replica limit (the Serve config's)"
+    )
+    parser.add_argument("--env", nargs="*", default=[], help="GLIMPSE_*=value settings for both sides")
+    parser.add_argument("--out", type=Path, default=BENCH / "results")
+    return parser.parse_args()
+
+
+def wait_http(url: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {timeout_s} s")
+
+
+def deploy(replicas: int, options: dict[str, Any], max_ongoing: int) -> float:
+    """``replicas`` Glimpse replicas on the running Serve instance; returns the seconds to ready."""
+    started = time.perf_counter()
+    application = Glimpse.options(
+        num_replicas=replicas, ray_actor_options=options, max_ongoing_requests=max_ongoing
+    ).bind()
+    serve.run(application, name=APPLICATION, route_prefix="/", blocking=False)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(APPLICATION)
+        if status is not None and status.status == "RUNNING":
+            break
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"deploying {replicas} replicas failed: {status.message}")
+        time.sleep(0.5)
+    else:
+        raise RuntimeError(f"{replicas} replicas not running in 600 s: {serve.status()}")
+    wait_http(f"http://127.0.0.1:{RAY_PORT}/health/ready")
+    return time.perf_counter() - started
+
+
+def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    wrk(url, args.concurrency, 2, args.wrk_threads, args.image)  # warm every replica's path
+    run = wrk(url, args.concurrency, args.duration, args.wrk_threads, args.image)
+    print(
+        f"    {name:10s} {run['requests_per_s']:8.0f} req/s  p50 {run['p50_ms']:7.1f}  "
+        f"p99 {run['p99_ms']:7.1f} ms  errors {run['errors']}",
+        flush=True,
+    )
+    return run
+
+
+def ray_side(args: argparse.Namespace, kind: str, replicas: int, env: dict[str, str]) -> dict[str, Any]:
+    cpus = max(1, len(os.sched_getaffinity(0)) // replicas)
+    gpu_share = 1 / max(args.replicas) if kind == "gpu" else 0.0  # every count fits on one GPU
+    # The settings reach the replicas as the Serve config's env_vars do: the runtime environment.
+    options: dict[str, Any] = {"num_cpus": cpus, "runtime_env": {"env_vars": env}}
+    if gpu_share:
+        options["num_gpus"] = gpu_share
+    ready_s = deploy(replicas, options, args.max_ongoing_requests)
+    try:
+        run = measure("ray", f"http://127.0.0.1:{RAY_PORT}{args.endpoint}", args)
+    finally:
+        serve.delete(APPLICATION)
+    return {"ready_s": ready_s, "num_cpus": cpus, "num_gpus": gpu_share, **run}
+
+
+def standalone_side(args: argparse.Namespace, workers: int, env: dict[str, str]) -> dict[str, Any]:
+    with glimpse_server(env, STANDALONE_PORT, workers) as server:
+        run = measure("standalone", f"{server['base']}{args.endpoint}", args)
+        return {"ready_s": server["ready_s"], **run}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        "requests_per_s": statistics.median(r["requests_per_s"] for r in runs),
+        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+    }
+
+
+def table(kind: str, summary: dict[int, dict[str, dict[str, float]]]) -> str:
+    base = summary[min(summary)]["ray"]["requests_per_s"]
+    lines = [
+        f"{kind} replicas | Ray req/s | Ray p99 ms | scaling efficiency | standalone req/s "
+        "| standalone p99 ms | Ray / standalone",
+        "---|---|---|---|---|---|---",
+    ]
+    for count, sides in sorted(summary.items()):
+        ray_rps, alone_rps = sides["ray"]["requests_per_s"], sides["standalone"]["requests_per_s"]
+        efficiency = ray_rps / (count / min(summary) * base)
+        lines.append(
+            f"{count} | {ray_rps:.0f} | {sides['ray']['p99_ms']:.1f} | {efficiency:.0%} | {alone_rps:.0f} "
+            f"| {sides['standalone']['p99_ms']:.1f} | {ray_rps / alone_rps:.0%}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    extra = dict(pair.split("=", 1) for pair in args.env)
+    result: dict[str, Any] = {**result_header("bench.ray_scaling"), "ray": ray.__version__, "kinds": {}}
+    result["machine"] = machine()
+    ray.init(
+        num_cpus=len(os.sched_getaffinity(0)),
+        num_gpus=1 if "gpu" in args.kinds else 0,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    try:
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": RAY_PORT})
+        for kind in args.kinds:
+            env = {"GLIMPSE_LOG_LEVEL": "warning", "GLIMPSE_DEVICE": "cuda" if kind == "gpu" else "cpu"}
+            env |= extra
+            runs: dict[int, dict[str, list[dict[str, Any]]]] = {
+                n: {"ray": [], "standalone": []} for n in args.replicas
+            }
+            for round_index in range(args.rounds):
+                for count in args.replicas:
+                    print(
+                        f"{kind} round {round_index + 1}/{args.rounds}, {count} replicas / workers",
+                        flush=True,
+                    )
+                    order = ["ray", "standalone"] if round_index % 2 == 0 else ["standalone", "ray"]
+                    for side in order:
+                        if side == "ray":
+                            runs[count]["ray"].append(ray_side(args, kind, count, env))
+                        else:
+                            runs[count]["standalone"].append(standalone_side(args, count, env))
+            summary = {n: {side: summarise(r) for side, r in sides.items()} for n, sides in runs.items()}
+            result["kinds"][kind] = {"runs": runs, "summary": summary, "table": table(kind, summary)}
+            print(result["kinds"][kind]["table"], flush=True)
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+    write_result(args.out, "ray-scaling", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""A real two-node Ray cluster on this machine: ``ray start --head`` and a second ``ray start --address``.
+
+Each node is a ``ray start --block`` process in a session of its own, with its own temp dir, ports,
+loopback address and custom resource (``node1``, ``node2``). Stopping sends SIGTERM and then SIGKILL
+to every process of those sessions (raylet, GCS, agents and the workers they started, which keep the
+session), never to Ray processes of anyone else on the machine (``ray stop`` would stop them all).
+
+Ray advertises the machine's outward address instead of 127.0.0.1 (``resolve_ip_for_localhost``), so the
+nodes take other loopback addresses, which Ray leaves as they are: all traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.serving import REPO_ROOT, free_port
+
+HEAD_IP, WORKER_IP = "127.0.0.3", "127.0.0.2"
+STARTED_LINE = "block forever"  # ray start --block prints it once the node has joined
+RAY = Path(sys.executable).with_name("ray")
+
+
+@dataclass
+class Node:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def cluster_env() -> dict[str, str]:
+    """The nodes' environment: workers import the repository; no GLIMPSE_* from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GLIMPSE_", "RAY_"))}
+    env.update(
+        PYTHONPATH=str(REPO_ROOT),
+        RAY_USAGE_STATS_ENABLED="0",
+        # On a busy 2-core machine an agent can take more than the default 30 s to import; the raylet
+        # would then give up on its node.
+        RAY_agent_register_timeout_ms="300000",
+        RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="300",  # the dashboard's modules, likewise
+    )
+    return env
+
+
+def node_ports() -> list[str]:
+    """Every port a node listens on, chosen free: two nodes on one machine must not share defaults."""
+    options = [
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+        "--node-manager-port",
+        "--object-manager-port",
+    ]
+    return [part for option in options for part in (option, str(free_port()))]
+
+
+def start_node(arguments: list[str], log: Path, timeout_s: float) -> Node:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(RAY), "start", "--block", "--disable-usage-stats", *arguments],
+            cwd=REPO_ROOT,
+            env=cluster_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    node = Node(process, log)
+    deadline = time.monotonic() + timeout_s
+    while STARTED_LINE not in node.output():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_node(node)
+            raise RuntimeError(f"ray start did not bring the node up:\n{node.output()[-3000:]}")
+        time.sleep(0.5)
+    return node
+
+
+def session_members(session_id: int) -> list[int]:
+    """Process ids whose session is ``session_id`` (field 6 of /proc/PID/stat)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session_id and fields[0] != "Z":  # a zombie is gone but for its parent's wait
+            members.append(int(entry.name))
+    return members
+
+
+def stop_session(session_id: int, grace_s: float = 10) -> None:
+    """SIGTERM to every process of the session, SIGKILL to those left after ``grace_s``."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for pid in session_members(session_id):
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while session_members(session_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not session_members(session_id):
+            return
+
+
+def stop_node(node: Node) -> None:
+    stop_session(node.process.pid)
+    node.process.wait(timeout=10)
+
+
+@contextmanager
+def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 240) -> Iterator[str]:
+    """A head and a worker node, each with ``cpus_per_node`` CPUs; yields the GCS address."""
+    gcs_address = f"{HEAD_IP}:{free_port()}"
+    with ExitStack() as stack:
+        head = start_node(
+            [
+                "--head",
+                "--node-ip-address", HEAD_IP,
+                "--port", gcs_address.rsplit(":", 1)[1],
+                "--num-cpus", str(cpus_per_node),
+                "--resources", '{"node1": 1}',
+                "--include-dashboard", "true",  # the state API (which node holds which actor) needs it
+                "--dashboard-host", "127.0.0.1",
+                "--dashboard-port", str(free_port()),
+                "--ray-client-server-port", str(free_port()),
+                "--object-store-memory", str(100 * 1024 * 1024),
+                "--temp-dir", str(temp_dir / "head"),
+                *node_ports(),
+            ],
+            temp_dir / "head.log",
+            timeout_s,
+        )  # fmt: skip
+        stack.callback(stop_node, head)
+        worker = start_node(
+            [
+                "--address", gcs_address,
+                "--node-ip-address", WORKER_IP,
+                "--num-cpus", str(cpus_per_node),
+                "--resources", '{"node2": 1}',
+                "--object-store-memory", str(100 * 1024 * 1024),
+                "--temp-dir", str(temp_dir / "worker"),
+                *node_ports(),
+            ],
+            temp_dir / "worker.log",
+            timeout_s,
+        )  # fmt: skip
+        stack.callback(stop_node, worker)
+        yield gcs_address

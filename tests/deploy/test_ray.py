@@ -1,0 +1,339 @@
+"""Glimpse on Ray Serve: the Serve configs and the KubeRay manifest, a replica as Ray runs it, and the
+application on a real two-node Ray cluster, under load, losing a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import shutil
+import tempfile
+import time
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import ray
+import yaml
+from PIL import Image
+from ray import serve
+from ray.serve.schema import RayActorOptionsSchema, ServeDeploySchema
+from ray.util.state import list_actors
+
+from app.config import Settings
+from app.runtime import ray_serve
+from app.transports.fast_path import HotPath
+from tests.deploy.ray_cluster import HEAD_IP, WORKER_IP, two_node_cluster
+from tests.helpers import REPO_ROOT, png_bytes, started_client
+from tests.serving import free_port
+
+DEPLOY = REPO_ROOT / "deploy" / "ray"
+SERVE_CONFIGS = [DEPLOY / "serve-config.yaml", DEPLOY / "serve-config-gpu.yaml"]
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    return document
+
+
+# --- The configuration files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_serve_config_is_valid_for_serve_and_names_the_glimpse_deployment(path: Path) -> None:
+    config = ServeDeploySchema.model_validate(load_yaml(path))  # what `serve deploy` checks
+    (application,) = config.applications
+    assert application.import_path == "app.runtime.ray_serve:app"
+    assert application.route_prefix == "/"
+    (deployment,) = application.deployments
+    assert deployment.name == ray_serve.Glimpse.name
+    autoscaling = deployment.autoscaling_config
+    assert isinstance(autoscaling, dict)
+    assert 1 <= autoscaling["min_replicas"] <= autoscaling["initial_replicas"] <= autoscaling["max_replicas"]
+    assert 0 < autoscaling["target_ongoing_requests"] <= deployment.max_ongoing_requests
+    # A replica must hold more than one full batch, or Serve starves the batcher.
+    assert deployment.max_ongoing_requests > Settings(_env_file=None).max_batch_size
+    assert isinstance(deployment.ray_actor_options, RayActorOptionsSchema)
+    assert deployment.ray_actor_options.num_cpus is not None
+    assert deployment.ray_actor_options.num_cpus >= 1
+
+
+def test_gpu_config_shares_each_gpu_between_replicas() -> None:
+    (application,) = ServeDeploySchema.model_validate(load_yaml(SERVE_CONFIGS[1])).applications
+    (deployment,) = application.deployments
+    assert isinstance(deployment.ray_actor_options, RayActorOptionsSchema)
+    assert deployment.ray_actor_options.num_gpus is not None
+    assert 0 < deployment.ray_actor_options.num_gpus < 1
+    assert isinstance(application.runtime_env, dict)
+    assert application.runtime_env["env_vars"]["GLIMPSE_DEVICE"] == "cuda"
+
+
+def test_rayservice_deploys_the_serve_config_with_the_pinned_ray() -> None:
+    manifest = load_yaml(DEPLOY / "rayservice.yaml")
+    assert manifest["apiVersion"] == "ray.io/v1"
+    assert manifest["kind"] == "RayService"
+    spec = manifest["spec"]
+    assert yaml.safe_load(spec["serveConfigV2"]) == load_yaml(SERVE_CONFIGS[0])
+    cluster = spec["rayClusterConfig"]
+    pins = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert pins["ray"] == [f"ray[serve]=={cluster['rayVersion']}"]
+    assert cluster["rayVersion"] == ray.__version__
+    assert cluster["enableInTreeAutoscaling"] is True
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # replicas run on the workers
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    for template in (head["template"], group["template"]):
+        pod = template["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        (container,) = pod["containers"]
+        assert container["image"] == "glimpse-ray:cpu"  # deploy/ray/Dockerfile
+        assert container["resources"]["requests"] == container["resources"]["limits"]
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # The worker pods hold max_replicas replicas at the replicas' CPU request.
+    (deployment,) = yaml.safe_load(spec["serveConfigV2"])["applications"][0]["deployments"]
+    worker_cpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    replica_cpus = deployment["ray_actor_options"]["num_cpus"]
+    max_replicas = deployment["autoscaling_config"]["max_replicas"]
+    assert group["maxReplicas"] * worker_cpus >= max_replicas * replica_cpus
+
+
+# --- One replica, as Ray's replica wrapper runs it (no cluster) --------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings("ignore:coroutine .*__del__.* was never awaited:RuntimeWarning")
+async def test_replica_runs_the_lifespan_and_answers_through_the_hot_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's ingress wrapper starts the app's lifespan and calls the app itself, so the raw-ASGI hot
+    path (outside FastAPI) answers /predict in a replica, and check_health follows readiness."""
+    answered_by_hot_path: list[str] = []
+    original = HotPath._answer
+
+    async def spy(self: HotPath, scope: Any, *args: Any) -> Any:
+        answered_by_hot_path.append(scope["path"])
+        return await original(self, scope, *args)
+
+    monkeypatch.setattr(HotPath, "_answer", spy)
+    for name in ("GLIMPSE_LOG_LEVEL", "WEB_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    wrapper_class: Any = ray_serve.Glimpse.func_or_class
+    replica = wrapper_class.__new__(wrapper_class)
+    await wrapper_class.__init__(replica)  # Ray awaits the wrapper's async constructor the same way
+    assert replica.app.state.ready is False
+    await replica._run_asgi_lifespan_startup()  # what Serve runs before the replica takes traffic
+    try:
+        await replica.check_health()
+        transport = httpx.ASGITransport(app=replica)  # the replica's __call__, as the proxy calls it
+        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as http:
+            image = png_bytes(np.full((40, 40), 200, np.uint8))
+            response = await http.post("/predict", files={"file": ("a.png", image, "image/png")})
+            assert response.status_code == 200
+            assert len(response.json()["predictions"]) == 5
+            assert (await http.get("/health/ready")).status_code == 200
+        assert answered_by_hot_path == ["/predict"]
+    finally:
+        await replica.__del__()  # Serve's graceful stop: the lifespan's shutdown
+    assert replica.app.state.ready is False
+    with pytest.raises(RuntimeError, match="not ready"):
+        await replica.check_health()
+
+
+# --- The application on a real two-node cluster ------------------------------------------------------
+
+REQUESTS = 120
+CONCURRENCY = 6
+KILL_AFTER = 30  # answers before one replica is killed
+RETRIES = 8
+
+
+def canvases() -> list[bytes]:
+    """Four distinct 60×60 images: noise with a bright blob in a different place each."""
+    rng = np.random.default_rng(7)
+    images = []
+    for index in range(4):
+        pixels = (rng.random((60, 60)) ** 6 * 120).astype(np.uint8)
+        row, col = 8 + 12 * index, 40 - 8 * index
+        pixels[row : row + 12, col : col + 12] = 255
+        images.append(png_bytes(pixels))
+    return images
+
+
+def request_plan() -> list[tuple[str, int]]:
+    """(path, image index) for every request: both image routes, all four images."""
+    paths = ["/predict?top_k=3", "/attention-map?top_k=3"]
+    return [(paths[i % 2], (i // 2) % 4) for i in range(REQUESTS)]
+
+
+async def standalone_answers(images: list[bytes]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The in-process service's answers (``create_app`` with the default settings) for the plan's keys."""
+    answers = {}
+    client: AsyncIterator[httpx.AsyncClient] = started_client(Settings(_env_file=None))
+    async for http in client:
+        for path, index in sorted(set(request_plan())):
+            files = {"file": ("a.png", images[index], "image/png")}
+            response = await http.post(path, files=files)
+            assert response.status_code == 200, response.text
+            answers[path, index] = response.json()
+    return answers
+
+
+def heatmap(text: str) -> np.ndarray[Any, Any]:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))), dtype=np.int16)
+
+
+def assert_same_answer(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Equal up to float rounding: a batch of several images rounds a little differently than one."""
+    assert got.keys() == expected.keys()
+    assert [(p["label"], p["index"]) for p in got["predictions"]] == [
+        (p["label"], p["index"]) for p in expected["predictions"]
+    ]
+    assert [p["score"] for p in got["predictions"]] == pytest.approx(
+        [p["score"] for p in expected["predictions"]], abs=1e-4
+    )
+    for key in got.keys() - {"predictions", "heatmap"}:
+        assert got[key] == expected[key], key
+    if "heatmap" in got:
+        assert np.abs(heatmap(got["heatmap"]) - heatmap(expected["heatmap"])).max() <= 2
+
+
+class Load:
+    """Sends the plan with bounded concurrency; retries a request on a connection error or a 5xx."""
+
+    def __init__(self, url: str, images: list[bytes]) -> None:
+        self.url, self.images = url, images
+        self.answers: dict[int, tuple[str, int, dict[str, Any]]] = {}
+        self.retried: list[str] = []
+        self.kill_point = asyncio.Event()  # set once KILL_AFTER requests have been answered
+
+    async def run(self) -> None:
+        limits = httpx.Limits(max_connections=CONCURRENCY)
+        async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=60) as http:
+            gate = asyncio.Semaphore(CONCURRENCY)
+
+            async def one(number: int, path: str, index: int) -> None:
+                async with gate:
+                    self.answers[number] = (path, index, await self.send(http, path, index))
+                    if len(self.answers) >= KILL_AFTER:
+                        self.kill_point.set()
+
+            await asyncio.gather(*(one(n, path, index) for n, (path, index) in enumerate(request_plan())))
+
+    async def send_all_once(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """One answer for every (path, image) of the plan, one request at a time."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=60) as http:
+            return {key: await self.send(http, *key) for key in sorted(set(request_plan()))}
+
+    async def send(self, http: httpx.AsyncClient, path: str, index: int) -> dict[str, Any]:
+        for attempt in range(RETRIES):
+            files = {"file": ("a.png", self.images[index], "image/png")}
+            try:
+                response = await http.post(path, files=files)
+            except httpx.TransportError as exc:
+                self.retried.append(type(exc).__name__)
+            else:
+                if response.status_code == 200:
+                    answer: dict[str, Any] = response.json()
+                    return answer
+                assert response.status_code >= 500, response.text  # never a 4xx for a good request
+                self.retried.append(str(response.status_code))
+            await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError(f"{path}: no answer after {RETRIES} attempts ({self.retried[-RETRIES:]})")
+
+
+def replicas() -> list[Any]:
+    """The deployment's live replica actors (Ray's state API), each with its node."""
+    actors = list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    return [a for a in actors if a.class_name == "ServeReplica:glimpse:glimpse"]
+
+
+def wait_running(replica_count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        application = serve.status().applications.get("glimpse")
+        if application is not None and application.status == "RUNNING":
+            states = {
+                str(getattr(state, "value", state)): count  # a str at run time, typed as an enum
+                for state, count in application.deployments["glimpse"].replica_states.items()
+            }
+            if states.get("RUNNING") == replica_count and len(states) == 1:
+                return
+        time.sleep(1)
+    raise AssertionError(f"the application did not reach {replica_count} running replicas: {serve.status()}")
+
+
+@pytest.fixture
+def serve_on_two_nodes() -> Iterator[str]:
+    """Serve on a two-node cluster, one Glimpse replica per node; yields the proxy's URL."""
+    port = free_port()
+    # Not pytest's tmp_path: Ray's socket paths under it would pass the 107-byte limit of AF_UNIX.
+    temp_dir = Path(tempfile.mkdtemp(prefix="glimpse-ray-"))
+    with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, temp_dir, ignore_errors=True)
+        gcs_address = cleanup.enter_context(two_node_cluster(temp_dir))
+        ray.init(address=gcs_address, _node_ip_address=HEAD_IP, log_to_driver=False)
+        cleanup.callback(ray.shutdown)
+        cleanup.callback(serve.shutdown)
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        # One replica per node: the placement Serve's max_replicas_per_node gives across nodes.
+        application = ray_serve.Glimpse.options(
+            num_replicas=2,
+            max_replicas_per_node=1,
+            ray_actor_options={"num_cpus": 0.5},
+        ).bind()
+        serve.run(application, name="glimpse", route_prefix="/", blocking=False)
+        wait_running(2, timeout_s=300)
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_nodes_answer_every_request_like_standalone_through_a_replica_kill(
+    serve_on_two_nodes: str,
+) -> None:
+    url = serve_on_two_nodes
+    placed = replicas()
+    nodes = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}  # type: ignore[no-untyped-call]
+    assert sorted(nodes[r.node_id] for r in placed) == [WORKER_IP, HEAD_IP]  # one replica on each node
+    assert httpx.get(f"{url}/health/ready", timeout=30).json() == {"status": "ready"}
+    assert httpx.get(f"{url}/models", timeout=30).json()["num_classes"] == 10
+
+    images = canvases()
+    expected = asyncio.run(standalone_answers(images))
+    load = Load(url, images)
+    victim = next(r for r in placed if nodes[r.node_id] == WORKER_IP)
+
+    async def load_and_kill() -> int:
+        task = asyncio.create_task(load.run())
+        await asyncio.wait_for(load.kill_point.wait(), timeout=300)
+        answered_before_kill = len(load.answers)
+        ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+        await task
+        return answered_before_kill
+
+    answered_before_kill = asyncio.run(load_and_kill())
+    print(
+        f"sent {REQUESTS}, answered {len(load.answers)}, {answered_before_kill} before the kill; "
+        f"retries: {load.retried}"
+    )
+    assert answered_before_kill < REQUESTS - 30  # the kill came mid-load
+    assert sorted(load.answers) == list(range(REQUESTS))  # sent = answered
+    for path, index, answer in load.answers.values():
+        assert_same_answer(answer, expected[path, index])
+
+    # Serve replaces the killed replica on the node it left, and the new one serves.
+    wait_running(2, timeout_s=300)
+    replaced = replicas()
+    assert victim.actor_id not in {r.actor_id for r in replaced}
+    assert sorted(nodes[r.node_id] for r in replaced) == [WORKER_IP, HEAD_IP]
+    after = asyncio.run(Load(url, images).send_all_once())
+    for (path, index), answer in after.items():
+        assert_same_answer(answer, expected[path, index])
