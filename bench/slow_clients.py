@@ -186,19 +186,20 @@ async def probe(
 ) -> Probe:
     """A normal client: one request at a time, each on a new connection, until ``stop``."""
     result = Probe()
-    while not stop.is_set():
-        started = time.perf_counter()
-        try:
-            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    no_keep_alive = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=no_keep_alive) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
                 response = await client.request(**request)
-            if response.status_code == expected:
-                result.seconds.append(time.perf_counter() - started)
-            else:
-                result.failures[str(response.status_code)] += 1
-        except httpx.HTTPError as exc:
-            result.failures[type(exc).__name__] += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+                if response.status_code == expected:
+                    result.seconds.append(time.perf_counter() - started)
+                else:
+                    result.failures[str(response.status_code)] += 1
+            except httpx.HTTPError as exc:
+                result.failures[type(exc).__name__] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
     return result
 
 

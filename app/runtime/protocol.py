@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import resource
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ FREE_BODY_BYTES = 1024 * 1024
 # File descriptors a worker needs besides its connections: the listening socket, the model's files,
 # torch's and the decode pool's threads, logs.
 FD_RESERVE = 128
+REPORT_S = 10.0
 logger = logging.getLogger("glimpse")
 HEADERS, BODY, WORKING = "headers", "body", "working"  # what a connection waits for: client, client, us
 ADMITTED, REFUSED, DROPPED = "admitted", "refused", "dropped"
@@ -75,6 +76,10 @@ def raise_file_limit(max_connections: int) -> None:
     Run before the workers start, which inherit it. A worker that runs out of descriptors cannot
     accept even the connections it would let in.
     """
+    if sys.platform == "win32":  # no open-file limit to raise
+        return
+    import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = max_connections + FD_RESERVE
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -85,6 +90,10 @@ def raise_file_limit(max_connections: int) -> None:
 
 def connection_cap(max_connections: int) -> int:
     """``GLIMPSE_MAX_CONNECTIONS``, lowered to what the open-file limit leaves room for."""
+    if sys.platform == "win32":
+        return max_connections
+    import resource
+
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft - FD_RESERVE >= max_connections:
         return max_connections
@@ -156,7 +165,9 @@ class Guard:
         self.pending_body_bytes = 0
         self.stopping = False
         self.no_victim_before = 0.0  # loop time before which no connection can be displaced
+        # What the defences turned away since the last report (one log line at most every REPORT_S).
         self.shed = {"header_timeout": 0, "body_stalled": 0, "displaced": 0, "refused": 0, "too_large": 0}
+        self.reported_at = loop.time()
         loop.call_later(SWEEP_INTERVAL_S, self.sweep)
 
     def admit(self, protocol: GuardedProtocol) -> str:
@@ -215,6 +226,13 @@ class Guard:
             if not protocol.closing:
                 protocol.check(now, pressed)
         self.release_held()
+        if now - self.reported_at >= REPORT_S and any(self.shed.values()):
+            counts = ", ".join(
+                f"{count} {reason.replace('_', ' ')}" for reason, count in self.shed.items() if count
+            )
+            logger.warning("connections turned away in the last %.0f s: %s", now - self.reported_at, counts)
+            self.shed = dict.fromkeys(self.shed, 0)
+            self.reported_at = now
         self.loop.call_later(SWEEP_INTERVAL_S, self.sweep)
 
     def release_room(self) -> None:
