@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import shutil
 import tempfile
 import time
@@ -103,6 +104,43 @@ def test_rayservice_deploys_the_serve_config_with_the_pinned_ray() -> None:
     replica_cpus = deployment["ray_actor_options"]["num_cpus"]
     max_replicas = deployment["autoscaling_config"]["max_replicas"]
     assert group["maxReplicas"] * worker_cpus >= max_replicas * replica_cpus
+
+
+# --- Replica settings --------------------------------------------------------------------------------
+
+
+class FakeRuntimeContext:
+    def __init__(self, cpus: float) -> None:
+        self.cpus = cpus
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        return {"CPU": self.cpus}
+
+
+@pytest.mark.parametrize(
+    ("replica_cpus", "threads", "inline"), [(16, 16, False), (2, 2, False), (1, 1, True), (0.5, 1, True)]
+)
+def test_a_replica_sizes_its_threads_by_its_cpus_like_a_worker(
+    monkeypatch: pytest.MonkeyPatch, replica_cpus: float, threads: int, inline: bool
+) -> None:
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: FakeRuntimeContext(replica_cpus))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(Settings, "cpu_count", property(lambda self: 16))
+    settings = ray_serve.replica_settings()
+    assert settings.cores_per_worker == threads
+    assert (settings.inline_forward_max_s() > 0) is inline
+    # The standalone service with as many workers as the node holds such replicas sizes them alike.
+    alike = Settings(_env_file=None, WEB_CONCURRENCY=16 // threads)
+    assert alike.cores_per_worker == settings.cores_per_worker
+
+
+def test_an_operators_worker_count_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: FakeRuntimeContext(2))
+    assert ray_serve.replica_settings().workers == 3
 
 
 # --- One replica, as Ray's replica wrapper runs it (no cluster) --------------------------------------
