@@ -33,6 +33,9 @@ from bench.run import BENCH, ROOT, glimpse_server, result_header, settings, wait
 
 GLIMPSE_PORT, TRITON_PORT = 8440, 8450
 TRITON_VENV = Path(os.environ.get("GLIMPSE_TRITON_VENV", BENCH / ".venv-triton"))
+# On the offline GPU host (bench/gpu/triton.sh): the host's interpreter, with PyTriton's site folder first.
+TRITON_PYTHON = Path(os.environ.get("GLIMPSE_TRITON_PYTHON", TRITON_VENV / "bin" / "python"))
+TRITON_SITE = os.environ.get("GLIMPSE_TRITON_SITE", "")
 # Triton's dynamic batching unless --triton says otherwise: most rows in a batch, the batcher's wait,
 # model instances (each a Python process with its own torch), torch threads in each, autocast.
 TRITON_DEFAULTS = {"MAX_BATCH": "16", "DELAY_US": "2000", "INSTANCES": "2", "THREADS": "1", "AMP": "float32"}
@@ -42,6 +45,9 @@ def request_body(image: Path, out: Path) -> tuple[Path, int]:
     """The infer request tritonclient sends for ``image``, written to ``out``; returns it and its JSON
     header's length (the Inference-Header-Content-Length)."""
     import numpy as np
+
+    if TRITON_SITE:  # the GPU host has tritonclient only in PyTriton's site: after the host's packages
+        sys.path.append(TRITON_SITE)
     import tritonclient.http as triton
 
     tensor = triton.InferInput("image", [1, 1], "BYTES")
@@ -67,7 +73,7 @@ def libpython_dir(python: Path) -> str:
 def triton_server(variant: dict[str, str], port: int, device: str) -> Iterator[dict[str, Any]]:
     """Triton with the Glimpse model through PyTriton, ready; stopped on exit."""
     config = {**TRITON_DEFAULTS, **variant}
-    python = TRITON_VENV / "bin" / "python"
+    python = TRITON_PYTHON
     command = [
         str(python), str(BENCH / "triton" / "server.py"), "--device", device,
         "--http-port", str(port), "--grpc-port", str(port + 1), "--metrics-port", str(port + 2),
@@ -75,7 +81,8 @@ def triton_server(variant: dict[str, str], port: int, device: str) -> Iterator[d
         "--instances", config["INSTANCES"], "--threads", config["THREADS"], "--amp", config["AMP"],
     ]  # fmt: skip
     library_path = os.pathsep.join(p for p in (libpython_dir(python), os.environ.get("LD_LIBRARY_PATH")) if p)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LD_LIBRARY_PATH": library_path}
+    python_path = os.pathsep.join(p for p in (TRITON_SITE, str(ROOT)) if p)
+    env = {**os.environ, "PYTHONPATH": python_path, "LD_LIBRARY_PATH": library_path}
     log = BENCH / "results" / "tmp" / "triton.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as output:

@@ -1,4 +1,5 @@
-"""The fast path: ``POST /predict`` and ``POST /attention-map`` straight to the request core, in raw ASGI.
+"""The fast path: ``POST /predict``, ``POST /attention-map`` and the Open Inference Protocol's infer
+straight to the request core, in raw ASGI.
 
 FastAPI's layers (middleware, routing, dependency solving) cost about as much CPU per request as
 decoding a small image does, and the core needs none of them: it authenticates, parses and answers
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.pipeline.core import Reply
 from app.pipeline.query import PATHS
 from app.state import ServiceState
+from app.transports.v2 import infer as v2
 
 
 class FastPath:
@@ -24,18 +26,22 @@ class FastPath:
         self.cors = bool(state.settings.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        operation = (
-            PATHS.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        )
+        post = scope["type"] == "http" and scope["method"] == "POST"
+        operation = PATHS.get(scope["path"]) if post else None
+        model = v2.infer_path(scope["path"]) if post and operation is None else None
         pipeline = self.state.pipeline
         if (
-            operation is None
+            (operation is None and model is None)
             or pipeline is None
             or not self.state.ready
             or (self.cors and any(name == b"origin" for name, _ in scope["headers"]))
         ):
             await self.app(scope, receive, send)
             return
+        if model is not None:
+            await send_reply(await v2.respond(pipeline, scope, receive, *model), send)
+            return
+        assert operation is not None
         await send_reply(await pipeline.respond(operation, scope, receive), send)
 
 

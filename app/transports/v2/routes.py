@@ -12,35 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from numpy.typing import NDArray
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.deps import PipelineDep, StateDep, require_api_key
 from app.errors import GlimpseError, ModelNotReady
 from app.pipeline.core import Pipeline
-from app.pipeline.uploads import check_declared_length, read_body
-from app.transports.v2 import schemas
-from app.transports.v2.codec import HEADER_LENGTH, error_body, header_length, parse_infer_request
-from app.transports.v2.protocol import (
-    Limits,
-    V2Query,
-    check_heatmap_sizes,
-    encode_answers,
-    model_metadata,
-    read_query,
-    server_metadata,
-)
+from app.transports.v2 import infer, schemas
+from app.transports.v2.codec import error_body
+from app.transports.v2.infer import check_model
+from app.transports.v2.protocol import model_metadata, server_metadata
 from models.checkpoint import ModelCard
-
-
-class UnknownModel(GlimpseError):  # noqa: N818 - named for what happened, as app.errors' are
-    status_code, code = 404, "not_found"
 
 
 class V2Route(APIRoute):
@@ -135,16 +121,6 @@ async def ready(state: StateDep) -> Response:
     return json_response({"ready": True})
 
 
-def check_model(pipeline: Pipeline, name: str, version: str | None) -> None:
-    card = pipeline.card
-    if name != card.name or version not in (None, card.version):
-        asked = f"{name!r}" if version is None else f"{name!r} version {version!r}"
-        raise UnknownModel(
-            f"unknown model {asked}; this server serves {card.name!r} version {card.version!r}"
-        )
-
-
-INFER_ROUTE = "/v2/models/{name}/infer"  # the metrics' route label for both infer paths
 MODEL_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (401, 404, 503)}
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {200: schemas.INFER_RESPONSES, **ERRORS}
 
@@ -164,14 +140,14 @@ async def model_version(pipeline: PipelineDep, name: str, version: str) -> Respo
 @models.get("/{name}/ready", response_model=schemas.ModelReadyV2, responses=MODEL_ERRORS)
 async def model_ready(pipeline: PipelineDep, name: str) -> Response:
     """200 once the model is loaded and warm; 503 before that."""
-    check_model(pipeline, name, None)
+    check_model(pipeline.card, name, None)
     return json_response({"name": name, "ready": True})
 
 
 @models.get("/{name}/versions/{version}/ready", response_model=schemas.ModelReadyV2, responses=MODEL_ERRORS)
 async def model_version_ready(pipeline: PipelineDep, name: str, version: str) -> Response:
     """200 once the model is loaded and warm; 503 before that."""
-    check_model(pipeline, name, version)
+    check_model(pipeline.card, name, version)
     return json_response({"name": name, "ready": True})
 
 
@@ -181,7 +157,7 @@ async def model_version_ready(pipeline: PipelineDep, name: str, version: str) ->
     openapi_extra=schemas.INFER_REQUEST_BODY,
     responses=INFER_RESPONSES,
 )
-async def infer(request: Request, pipeline: PipelineDep, name: str) -> Response:
+async def infer_latest(request: Request, pipeline: PipelineDep, name: str) -> Response:
     """Inference on encoded images (`image`) or raw pixels (`pixels`), as JSON or binary tensors."""
     return await _infer(request, pipeline, name, None)
 
@@ -198,36 +174,14 @@ async def infer_version(request: Request, pipeline: PipelineDep, name: str, vers
 
 
 def _metadata(pipeline: Pipeline, name: str, version: str | None) -> Response:
-    check_model(pipeline, name, version)
+    check_model(pipeline.card, name, version)
     return json_response(model_metadata(pipeline.card))
 
 
 async def _infer(request: Request, pipeline: Pipeline, name: str, version: str | None) -> Response:
-    check_model(pipeline, name, version)
-    limits = pipeline.limits
-    check_declared_length(dict(request.scope["headers"]).get(b"content-length"), limits.max_body_bytes)
-    body = await read_body(request.receive, limits.max_body_bytes)
-    length = header_length(request.headers.get(HEADER_LENGTH), len(body))
-    numbers = Limits(limits.max_images_per_request, limits.max_image_pixels, limits.min_image_size)
-    query = read_query(parse_infer_request(body, length), pipeline.card, numbers)
-    pipeline.metrics.observe_images(INFER_ROUTE, len(query.images))
-    probabilities, heatmaps = await answers(pipeline, query)
-    content, headers = encode_answers(query, pipeline.card, probabilities, heatmaps)
-    return Response(content, headers=headers)
-
-
-async def answers(
-    pipeline: Pipeline, query: V2Query
-) -> tuple[NDArray[np.float32], list[NDArray[np.uint8]] | None]:
-    """The outputs as arrays: probabilities ``[N, classes]`` in class order, and the heat images
-    ``/attention-map`` encodes as PNGs when the heatmap is asked for."""
-    results = await pipeline.infer(query.images, query.query, query.operation)
-    probabilities = np.zeros((len(results), len(pipeline.card.labels)), np.float32)
-    for row, result in enumerate(results):
-        probabilities[row, result.prediction.indices] = result.prediction.scores
-    if not query.wants_heatmap:
-        return probabilities, None
-    check_heatmap_sizes(query, [(r.decoded.width, r.decoded.height) for r in results])
-    heatmaps = [result.prediction.heat for result in results]
-    assert all(heat is not None for heat in heatmaps)  # the core renders every map it was asked for
-    return probabilities, [heat for heat in heatmaps if heat is not None]
+    # The fast path answers these requests before FastAPI sees them, once the model is ready (and
+    # without CORS): this route serves the rest, and documents the operation.
+    content, headers = await infer.infer(pipeline, name, version, request.scope["headers"], request.receive)
+    response = Response(content)
+    response.raw_headers = [*headers, (b"content-length", str(len(content)).encode())]
+    return response
