@@ -14,15 +14,18 @@ tests (``tests/hardening/test_event_loop.py``, ``tests/hardening/test_bodies.py`
 
 For each, the script starts ``python -m app.serve`` on a free port, sends the attack from one
 thread while another polls ``/health/live`` every 10 ms, and prints the probe's p50 / p99 / max, the
-number of probes, and the attack's status and duration (JSON lines; ``--out`` writes them to a file):
+number of probes, and the attack's status and longest duration (JSON lines; ``--out`` writes them to a
+file; ``bench/results/attacks-*.jsonl`` are runs quoted in docs/reliability.md):
 
-    .venv/bin/python -m bench.attacks                  # every attack at full size
-    .venv/bin/python -m bench.attacks --scale 0.1 png-chunks
+    .venv/bin/python -m bench.attacks                  # every attack at full size, 5 times each
+    .venv/bin/python -m bench.attacks --scale 0.1 --repeat 1 png-chunks
+    .venv/bin/python -m bench.attacks --url http://127.0.0.1:8000   # a server started otherwise
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -40,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -179,19 +183,22 @@ def _free_port() -> int:
 
 
 def _post(url: str, attack: Attack, timeout_s: float) -> tuple[int, float, str]:
-    import httpx
-
+    """Send ``attack`` with http.client: one ``sendall`` of the body, which releases the GIL, so that
+    the probing thread of this process is not slowed by the sending (httpx's copies held it)."""
+    parsed = urlsplit(url)
+    connection = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port, timeout=timeout_s)
     started = time.perf_counter()
     try:
-        response = httpx.post(
-            url + attack.path,
-            content=attack.body,
-            headers={"content-type": attack.content_type},
-            timeout=timeout_s,
+        connection.request(
+            "POST", attack.path, body=attack.body, headers={"Content-Type": attack.content_type}
         )
-    except httpx.HTTPError as exc:
+        response = connection.getresponse()
+        text = response.read().decode(errors="replace")
+    except OSError as exc:  # a timeout or a connection closed mid-body
         return 0, time.perf_counter() - started, type(exc).__name__
-    return response.status_code, time.perf_counter() - started, response.text[:160]
+    finally:
+        connection.close()
+    return response.status, time.perf_counter() - started, text[:160]
 
 
 @dataclass(slots=True)
@@ -213,13 +220,18 @@ class Probes:
         }
 
 
-def probe_while(url: str, busy: Callable[[], bool], interval_s: float = 0.01) -> Probes:
-    """Poll ``url/health/live`` on one keep-alive connection until ``busy()`` is false."""
+def probe_while(
+    url: str, busy: Callable[[], bool], interval_s: float = 0.01, start: Callable[[], None] | None = None
+) -> Probes:
+    """Poll ``url/health/live`` on one keep-alive connection until ``busy()`` is false; ``start`` is
+    called once that connection is open, so that what it starts is probed from its first moment."""
     import httpx
 
     probes = Probes([], 0)
-    with httpx.Client(base_url=url, timeout=30) as http:
-        http.get("/health/live")  # the connection is open before the attack starts
+    with httpx.Client(base_url=url, timeout=60) as http:
+        http.get("/health/live")
+        if start is not None:
+            start()
         while busy():
             started = time.perf_counter()
             try:
@@ -232,24 +244,32 @@ def probe_while(url: str, busy: Callable[[], bool], interval_s: float = 0.01) ->
     return probes
 
 
-def attack_while_probing(url: str, attack: Attack, timeout_s: float = 60) -> dict[str, Any]:
-    """Send ``attack`` once while probing; the attack's status, duration and the probe summary."""
+def attack_while_probing(url: str, attack: Attack, timeout_s: float = 60, repeat: int = 1) -> dict[str, Any]:
+    """Send ``attack`` ``repeat`` times in a row while probing; the attacks' statuses, longest duration
+    and the probe summary over all of them."""
     outcome: list[tuple[int, float, str]] = []
-    sender = threading.Thread(target=lambda: outcome.append(_post(url, attack, timeout_s)))
+
+    def send() -> None:
+        for _ in range(repeat):
+            outcome.append(_post(url, attack, timeout_s))
+
+    sender = threading.Thread(target=send)
     result: list[Probes] = []
-    prober = threading.Thread(target=lambda: result.append(probe_while(url, sender.is_alive)))
-    sender.start()
+    prober = threading.Thread(
+        target=lambda: result.append(probe_while(url, sender.is_alive, start=sender.start))
+    )
     prober.start()
-    sender.join()
     prober.join()
-    status, duration, text = outcome[0]
+    sender.join()
+    statuses = sorted({status for status, _, _ in outcome})
     return {
         "attack": attack.name,
         "body_bytes": len(attack.body),
-        "status": status,
-        "attack_s": round(duration, 2),
+        "status": statuses[0] if len(statuses) == 1 else statuses,
+        "attacks": repeat,
+        "attack_s": round(max(duration for _, duration, _ in outcome), 2),
         **result[0].summary(),
-        "answer": text,
+        "answer": outcome[-1][2],
     }
 
 
@@ -257,7 +277,7 @@ def _serve(port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
     env["GLIMPSE_LOG_LEVEL"] = "warning"
     command = [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(command, cwd=ROOT, env=env)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _wait_ready(url: str, timeout_s: float = 120) -> None:
@@ -276,8 +296,10 @@ def _wait_ready(url: str, timeout_s: float = 120) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("attacks", nargs="*", default=list(FULL_SIZES), choices=list(FULL_SIZES))
+    parser.add_argument("attacks", nargs="*", choices=[*FULL_SIZES, []], help="default: all of them")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes")
+    parser.add_argument("--repeat", type=int, default=5, help="attacks in a row, probed throughout")
+    parser.add_argument("--timeout", type=float, default=60, help="seconds an attack may take")
     parser.add_argument("--url", help="attack a running server instead of starting python -m app.serve")
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = parser.parse_args()
@@ -291,10 +313,10 @@ def main() -> None:
     print(lines[0], flush=True)
     try:
         _wait_ready(url)
-        for name in args.attacks:
+        for name in args.attacks or list(FULL_SIZES):
             attack = build(name, args.scale)
             baseline = probe_while(url, _for_seconds(1.0)).summary()
-            record = attack_while_probing(url, attack)
+            record = attack_while_probing(url, attack, args.timeout, args.repeat)
             record["idle_live_p99_ms"] = baseline["live_p99_ms"]
             lines.append(json.dumps(record))
             print(lines[-1], flush=True)

@@ -17,7 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import InvalidRequest
-from app.pipeline.uploads import _parsed_file_parts, _plain_file_parts, multipart_files
+from app.pipeline.uploads import (
+    COUNT_STEP_BYTES,
+    _parsed_file_parts,
+    _plain_file_parts,
+    count_exceeds,
+    multipart_files,
+)
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'()+_,-./:=?"
@@ -115,3 +121,12 @@ def test_slicing_agrees_with_python_multipart(case: tuple[bytes, bytes, list[byt
         else:
             message = "malformed multipart body: none"
         assert message.startswith(("malformed multipart body", "the 'file' part"))
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 4, 5])
+def test_count_exceeds_counts_what_bytes_count_does_across_steps(offset: int) -> None:
+    step = COUNT_STEP_BYTES
+    body = b"x" * (step - offset) + b"--abc" + b"y" * step + b"--abc" * 3 + b"z" * (step - 7) + b"--abc"
+    assert body.count(b"--abc") == 5
+    assert count_exceeds(body, b"--abc", 4)
+    assert not count_exceeds(body, b"--abc", 5)
