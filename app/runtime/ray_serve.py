@@ -25,6 +25,7 @@ from ray.serve import Deployment
 
 from app.config import Settings
 from app.main import create_app
+from app.state import service_state
 
 
 def replica_settings() -> Settings:
@@ -58,7 +59,8 @@ class Replica:
 
     async def check_health(self) -> None:
         """Serve's controller calls this periodically; a replica whose model is not serving is replaced."""
-        if not self.app.state.ready:
+        state = service_state(self.app)
+        if not state.ready or state.pipeline is None:
             raise RuntimeError("the Glimpse app is not ready (model loading, or stopped)")
 
 

@@ -29,7 +29,7 @@ from ray.util.state import list_actors
 
 from app.config import Settings
 from app.runtime import ray_serve
-from app.transports.fast_path import HotPath
+from app.transports import fast_path
 from tests.deploy.ray_cluster import HEAD_IP, WORKER_IP, two_node_cluster
 from tests.helpers import REPO_ROOT, png_bytes, started_client
 from tests.serving import free_port
@@ -153,20 +153,20 @@ async def test_replica_runs_the_lifespan_and_answers_through_the_hot_path(
 ) -> None:
     """Ray's ingress wrapper starts the app's lifespan and calls the app itself, so the raw-ASGI hot
     path (outside FastAPI) answers /predict in a replica, and check_health follows readiness."""
-    answered_by_hot_path: list[str] = []
-    original = HotPath._answer
+    answered_by_hot_path: list[int] = []
+    original = fast_path.send_reply
 
-    async def spy(self: HotPath, scope: Any, *args: Any) -> Any:
-        answered_by_hot_path.append(scope["path"])
-        return await original(self, scope, *args)
+    async def spy(reply: Any, send: Any) -> None:  # only the fast path sends the core's replies itself
+        answered_by_hot_path.append(reply.status)
+        await original(reply, send)
 
-    monkeypatch.setattr(HotPath, "_answer", spy)
+    monkeypatch.setattr(fast_path, "send_reply", spy)
     for name in ("GLIMPSE_LOG_LEVEL", "WEB_CONCURRENCY"):
         monkeypatch.delenv(name, raising=False)
     wrapper_class: Any = ray_serve.Glimpse.func_or_class
     replica = wrapper_class.__new__(wrapper_class)
     await wrapper_class.__init__(replica)  # Ray awaits the wrapper's async constructor the same way
-    assert replica.app.state.ready is False
+    assert replica.app.state.service.ready is False
     await replica._run_asgi_lifespan_startup()  # what Serve runs before the replica takes traffic
     try:
         await replica.check_health()
@@ -177,10 +177,10 @@ async def test_replica_runs_the_lifespan_and_answers_through_the_hot_path(
             assert response.status_code == 200
             assert len(response.json()["predictions"]) == 5
             assert (await http.get("/health/ready")).status_code == 200
-        assert answered_by_hot_path == ["/predict"]
+        assert answered_by_hot_path == [200]
     finally:
         await replica.__del__()  # Serve's graceful stop: the lifespan's shutdown
-    assert replica.app.state.ready is False
+    assert replica.app.state.service.ready is False
     with pytest.raises(RuntimeError, match="not ready"):
         await replica.check_health()
 
