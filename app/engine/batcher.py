@@ -9,7 +9,8 @@ callable that runs a batch and one that splits a batch into groups run one after
   alone is over the in-flight budget or would not finish within its deadline even on an idle worker
   (413), or when the work already admitted leaves it no room in the budget or no time (503). An
   admission holds its cost until the request leaves it, which bounds the memory of the items in
-  flight; large requests may fill only half of the time left, so small ones still get through.
+  flight; large requests join only while the work ahead is under half their time left, so small
+  ones still get through.
 * Batching: one asyncio task takes up to ``max_batch_size`` items, waiting at most
   ``max_batch_delay_ms`` after the first one — and only while more are expected (admitted, not yet
   submitted), so a lone request is never held back.
@@ -48,6 +49,9 @@ logger = logging.getLogger("glimpse.engine")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 RETRY_AFTER = {"Retry-After": "1"}
+# A request is refused as too large for its deadline only when the estimate is this many times the time
+# left: the estimate (a full batch of small images) runs up to about 2x pessimistic for large ones.
+ESTIMATE_MARGIN = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +202,16 @@ class Batcher(Generic[Item, Result]):
         """Admit a request's items by their costs, before they are prepared.
 
         A small request (at most ``max_inflight_cost / max_queue_size``: a full queue of them stays
-        within the budget) is never refused for cost, only for time. A larger one must fit in the
-        in-flight budget beside the other large ones, and may queue work for at most half the time
-        left before its deadline: the other half is for the small requests that arrive behind it.
+        within the budget) is never refused for cost, only when the work ahead of it and its own would
+        not finish before its deadline. A larger one must fit in the in-flight budget beside the other
+        large ones, and is admitted only while the work ahead of it is under half the time left: the
+        small requests that arrive behind it still get through.
 
         Raises:
             ModelNotReady: The batcher is shutting down.
-            PayloadTooLarge: The items' cost is over the in-flight budget, or would take longer than the
-                time left before ``deadline`` (a ``time.perf_counter`` value) even on an idle worker.
+            PayloadTooLarge: The items' cost is over the in-flight budget, or the estimate puts them at
+                over twice the time left before ``deadline`` (a ``time.perf_counter`` value) even on an
+                idle worker.
             Overloaded: The items would overflow the queue, or the work already admitted leaves them
                 no room in the budget or no time before the deadline (with Retry-After).
         """
@@ -219,7 +225,7 @@ class Batcher(Generic[Item, Result]):
         if large:
             self._check_budget(cost)
         if self.seconds_per_cost > 0:
-            self._check_time(cost, deadline, 0.5 if large else 1.0)
+            self._check_time(cost, deadline, large)
         self._admitted_count += count
         self._admitted_cost += cost
         if large:
@@ -241,16 +247,16 @@ class Batcher(Generic[Item, Result]):
                 RETRY_AFTER,
             )
 
-    def _check_time(self, cost: int, deadline: float, share: float) -> None:
+    def _check_time(self, cost: int, deadline: float, large: bool) -> None:
         left = deadline - time.perf_counter()
         alone = cost * self.seconds_per_cost
-        if alone > left:
+        if alone > ESTIMATE_MARGIN * left:
             raise PayloadTooLarge(
-                f"the request's images ({cost} pixels) would take about {alone:.1f} s on this server, "
-                f"longer than the {max(left, 0.0):.1f} s left of its deadline: send fewer or smaller images"
+                f"the request's images ({cost} pixels) would take about {alone:.1f} s on this server; its "
+                f"deadline leaves {max(left, 0.0):.1f} s: send fewer or smaller images"
             )
         ahead = self._admitted_cost * self.seconds_per_cost
-        if ahead > 0 and ahead + alone > left * share:
+        if (ahead > left / 2) if large else (ahead + alone > left):
             raise Overloaded(
                 f"the server has about {ahead:.1f} s of work ahead of this request, which would not "
                 "finish within its deadline; retry shortly",

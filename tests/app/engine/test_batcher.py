@@ -173,10 +173,10 @@ async def test_work_that_cannot_finish_before_its_deadline_is_refused_before_it_
     batcher, run = make()
     batcher.calibrate(0.01)  # 100 units of cost a second
     with pytest.raises(PayloadTooLarge, match=r"would take about 10\.0 s"):
-        batcher.admit([1000], deadline(5.0))  # too slow even alone: 413
+        batcher.admit([1000], deadline(4.0))  # over twice the time left even alone: 413
     with batcher.admit([300], deadline(5.0)):  # 3 s: admitted
         with pytest.raises(Overloaded, match="work ahead"):
-            batcher.admit([300], deadline(5.0))  # 3 s behind 3 s: not in 5 s, for now: 503
+            batcher.admit([300], deadline(5.0))  # 3 s ahead of a large request: over half of 5 s: 503
         with batcher.admit([100], deadline(5.0)):
             pass
     assert run.runs == []
@@ -191,7 +191,7 @@ async def test_small_requests_pass_a_full_budget_and_large_ones_leave_them_half_
         with pytest.raises(Overloaded, match="busy"):
             batcher.admit([500], deadline(100.0))
         with pytest.raises(Overloaded, match="work ahead"):
-            batcher.admit([300], deadline(100.0))  # 63 s: more than half of the time left
+            batcher.admit([300], deadline(100.0))  # 60 s ahead: more than half of the time left
         with batcher.admit([100], deadline(100.0)), batcher.admit([100], deadline(100.0)):
             pass  # small: past the budget, within the time
 

@@ -97,7 +97,7 @@ async def test_the_warm_up_s_estimate_refuses_what_cannot_finish_before_the_dead
     assert engine.batcher.seconds_per_cost > 0
     one_second = int(1 / engine.batcher.seconds_per_cost)  # pixels the warm-up says take about 1 s
     with pytest.raises(PayloadTooLarge, match="would take about"):
-        engine.admit([one_second], time.perf_counter() + 0.5)
+        engine.admit([one_second], time.perf_counter() + 0.3)
     with (
         engine.admit([one_second // 2], time.perf_counter() + 10),
         pytest.raises(Overloaded, match="work ahead"),
