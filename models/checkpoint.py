@@ -25,6 +25,16 @@ CARD_FILE = "card.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 
 
+POLARITY_POLICIES = {
+    "as_is": "pixels as decoded; transparent pixels are flattened onto the background that contrasts "
+    "with the opaque ones",
+    "light_on_dark": "the model reads light strokes on a dark background: transparent pixels are "
+    "flattened onto the background that contrasts with the opaque ones (so the opaque strokes are the "
+    "drawing, whatever their colour), then an image whose border is light (median luminance of the "
+    "outer pixels above mid-grey) is inverted",
+}
+
+
 class ModelArtifactError(RuntimeError):
     """The model directory is missing, incomplete, tampered with or inconsistent."""
 
@@ -38,6 +48,13 @@ class Preprocessing:
     std: tuple[float, ...] = (0.3,)
     size_policy: str = "native"  # "native": any size at or above min_size, no resizing
     min_size: int = 16
+    # "as_is" or "light_on_dark" (see POLARITY_POLICIES); cards written before the field read "as_is"
+    polarity: str = "as_is"
+
+    def __post_init__(self) -> None:
+        if self.polarity not in POLARITY_POLICIES:
+            expected = ", ".join(sorted(POLARITY_POLICIES))
+            raise ValueError(f"unknown polarity {self.polarity!r}; expected one of {expected}")
 
     @property
     def channels(self) -> int:
