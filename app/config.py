@@ -7,15 +7,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.engine.forward import EngineConfig
+from app.pipeline.core import Limits
 from app.runtime.memory import TRIM_INTERVAL_S
 from models.checkpoint import DEFAULT_MODEL_DIR
 
 
 class Settings(BaseSettings):
-    """Everything an operator can tune; the README's "Configuration" table lists the same fields."""
+    """Everything an operator can tune; docs/configuration.md lists the same fields (a test checks it)."""
 
     model_config = SettingsConfigDict(env_prefix="GLIMPSE_", case_sensitive=False, extra="ignore")
 
@@ -122,6 +125,29 @@ class Settings(BaseSettings):
                 f"GLIMPSE_MAX_QUEUE_SIZE ({self.max_queue_size})"
             )
         return self
+
+    def engine_config(self, amp_dtype: torch.dtype | None) -> EngineConfig:
+        """The batching engine's configuration: the settings, with the autocast dtype resolved."""
+        return EngineConfig(
+            max_batch_size=self.max_batch_size,
+            max_batch_delay_ms=self.max_batch_delay_ms,
+            max_queue_size=self.max_queue_size,
+            max_batch_pixels=self.max_image_pixels,
+            amp_dtype=amp_dtype,
+            channels_last=self.channels_last,
+            inline_max_seconds=self.inline_forward_max_s(),
+            cuda_graphs=self.cuda_graphs,
+        )
+
+    def pipeline_limits(self, card_min_size: int) -> Limits:
+        """The request core's limits; the card's minimum image size unless one is set."""
+        return Limits(
+            max_body_bytes=self.max_body_bytes,
+            max_images_per_request=self.max_images_per_request,
+            max_image_pixels=self.max_image_pixels,
+            min_image_size=self.min_image_size or card_min_size,
+            request_timeout_s=self.request_timeout_s,
+        )
 
     def trim_interval_s(self, device_type: str) -> float:
         """The memory-trim interval in force on this device type; 0 means no trimming."""

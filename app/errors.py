@@ -10,10 +10,10 @@ with a generic 500 that reveals nothing about the internals.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, ClassVar
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -87,14 +87,17 @@ class DeadlineExceeded(GlimpseError):
 
 
 _STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed"}
-# Statuses and codes documented for every endpoint that takes images (see routes/).
-ERROR_EXAMPLE = {"error": {"code": "invalid_image", "message": "the image could not be decoded"}}
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The one error shape, as compact JSON like every other answer."""
+    return orjson.dumps({"error": {"code": code, "message": message}})
 
 
 def error_response(
     status_code: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
-    body = json.dumps({"error": {"code": code, "message": message}})
+    body = error_body(code, message)
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 

@@ -13,22 +13,25 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
+from app import openapi
 from app.config import Settings, get_settings
 from app.docs import install_docs
-from app.engine.forward import EngineConfig, InferenceEngine
+from app.engine.forward import InferenceEngine
 from app.errors import install_error_handlers
-from app.pipeline.predictor import Limits, Predictor
+from app.pipeline.core import Pipeline
 from app.runtime.device import choose_amp_dtype, choose_device, configure_torch
 from app.runtime.lifecycle import DeviceUnavailable, QuietStartupFailure, StartupFailed, drain_on_sigterm
 from app.runtime.memory import FreedMemoryTrimmer, bound_kernel_caches
 from app.runtime.metrics import Metrics, MetricsMiddleware
-from app.transports.fast_path import HotPath
+from app.state import ServiceState, service_state
+from app.transports.fast_path import FastPath
 from app.transports.routes import attention, health, metrics, models, predict
 from models.attention_net import AttentionNet
 from models.checkpoint import ModelArtifactError, ModelCard, load_model
@@ -43,8 +46,9 @@ Concurrent requests are batched dynamically. Errors always have the shape
 """
 
 
-async def load_or_fail(app: FastAPI, settings: Settings) -> tuple[AttentionNet, ModelCard, torch.device]:
+async def load_or_fail(state: ServiceState) -> tuple[AttentionNet, ModelCard, torch.device]:
     """Choose the device and load the verified model, or log one line and raise :class:`StartupFailed`."""
+    settings = state.settings
     try:
         device = choose_device(settings.device)
         configure_torch(settings, device)
@@ -52,7 +56,7 @@ async def load_or_fail(app: FastAPI, settings: Settings) -> tuple[AttentionNet, 
     except (ModelArtifactError, OSError, DeviceUnavailable) as exc:
         reason = " ".join(str(exc).split())  # one line, even for torch's multi-line state_dict errors
         logger.critical("startup failed: %s (GLIMPSE_MODEL_DIR=%s)", reason, settings.model_dir)
-        app.state.startup_failed = True
+        state.startup_failed = True
         raise StartupFailed(str(exc)) from None
     return model.fuse_for_inference(), card, device
 
@@ -60,45 +64,33 @@ async def load_or_fail(app: FastAPI, settings: Settings) -> tuple[AttentionNet, 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the artifact (hash-verified), choose the device, fuse BN, warm up; then mark ready."""
-    settings: Settings = app.state.settings
+    state = service_state(app)
+    settings = state.settings
     logger.setLevel(settings.log_level.upper())
     if not logger.handlers and not logging.getLogger().handlers:  # uvicorn configures only its own loggers
         logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
     started = time.perf_counter()
     bound_kernel_caches()  # before the warm-up builds the first oneDNN kernel
-    model, card, device = await load_or_fail(app, settings)
-    engine_config = EngineConfig(
-        max_batch_size=settings.max_batch_size,
-        max_batch_delay_ms=settings.max_batch_delay_ms,
-        max_queue_size=settings.max_queue_size,
-        max_batch_pixels=settings.max_image_pixels,
-        amp_dtype=choose_amp_dtype(settings.amp_dtype, device),
-        channels_last=settings.channels_last,
-        inline_max_seconds=settings.inline_forward_max_s(),
-        cuda_graphs=settings.cuda_graphs,
-    )
-    engine = InferenceEngine(model, card.preprocessing, device, engine_config, app.state.metrics)
+    model, card, device = await load_or_fail(state)
+    engine_config = settings.engine_config(choose_amp_dtype(settings.amp_dtype, device))
+    engine = InferenceEngine(model, card.preprocessing, device, engine_config, state.metrics)
     warm_size = max(settings.warmup_image_size, card.preprocessing.min_size)
     await engine.warm_up(card.config.in_channels, warm_size, settings.max_batch_size)
     engine.start()
     # Everything alive now (torch, the app, the model) lives as long as the process. Freezing it takes
-    # it out of the collector's full passes, which otherwise walk ~200k objects (68 ms here;
-    # bench/HISTORY.md has the command) whenever they run and stall every request in flight.
+    # it out of the collector's full passes, which otherwise walk ~200k objects whenever they run and
+    # stall every request in flight for tens of milliseconds.
     gc.collect()
     gc.freeze()
     pool = ThreadPoolExecutor(
         settings.decode_threads or settings.cores_per_worker, thread_name_prefix="glimpse-decode"
     )
-    limits = Limits(
-        max_image_pixels=settings.max_image_pixels,
-        min_image_size=settings.min_image_size or card.preprocessing.min_size,
-        request_timeout_s=settings.request_timeout_s,
-    )
-    app.state.predictor = Predictor(engine, card, limits, pool)
+    limits = settings.pipeline_limits(card.preprocessing.min_size)
+    state.pipeline = Pipeline(engine, card, limits, pool, state.metrics, settings.api_keys)
     # A rare big batch must not raise RSS for good; on CUDA the trims cost more than they give back.
     trim_interval_s = settings.trim_interval_s(device.type)
     trimmer = FreedMemoryTrimmer(trim_interval_s).start() if trim_interval_s > 0 else None
-    app.state.ready = True
+    state.ready = True
     logger.info(
         "ready in %.2f s: %s %s on %s (%s), batch ≤ %d, delay ≤ %.1f ms",
         time.perf_counter() - started, card.name, card.version, device, engine.precision,
@@ -109,20 +101,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         restore_sigterm()
-        app.state.ready = False
+        state.ready = False
         await engine.stop()
         pool.shutdown(wait=True)
         if trimmer is not None:
             trimmer.stop()
-        app.state.predictor = None
+        state.pipeline = None
         logger.info("stopped")
 
 
 class GlimpseAPI(FastAPI):
-    """FastAPI with the hot path (:mod:`app.transports.fast_path`) outside all of its middleware."""
+    """FastAPI with the fast path (:mod:`app.transports.fast_path`) outside all of its middleware, and
+    an OpenAPI document completed from the served model (:mod:`app.openapi`)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return HotPath(super().build_middleware_stack())
+        return FastPath(super().build_middleware_stack(), service_state(self))
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is not None:
+            return self.openapi_schema
+        schema = super().openapi()
+        state = service_state(self)
+        if state.pipeline is None:  # the model is not known yet: do not keep an incomplete document
+            self.openapi_schema = None
+            return schema
+        card = state.pipeline.card
+        openapi.complete(schema, state.settings, card.labels, {"name": card.name, "version": card.version})
+        return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -142,13 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "metrics", "description": "Prometheus metrics."},
         ],
     )
-    app.state.settings = settings
-    app.state.metrics = Metrics()
-    app.state.predictor = None
-    app.state.ready = False
-    app.state.draining = False
-    app.state.worker_group = None  # python -m app.serve sets it when it runs several workers
-    app.state.startup_failed = False
+    app.state.service = state = ServiceState(settings=settings, metrics=Metrics())
     install_error_handlers(app)
     install_docs(app)
     if settings.cors_origins:
@@ -158,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(QuietStartupFailure)
     for module in (predict, attention, models, health, metrics):
         app.include_router(module.router)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,20 +19,38 @@ import orjson
 import torch
 from PIL import Image
 
-from app.engine.forward import EngineConfig, InferenceEngine, MapRequest
-from app.pipeline.imaging import decode_image, heatmaps_to_uint8
-from app.pipeline.predictor import Limits, MapOptions, Predictor
+from app.config import Settings
+from app.engine.forward import InferenceEngine, MapRequest, Prediction
+from app.pipeline import answers
+from app.pipeline.imaging import DecodedImage, decode_image, heatmaps_to_uint8
+from app.pipeline.query import Query
 from app.runtime.device import Precision, choose_amp_dtype
 from app.runtime.metrics import Metrics
 from models.attention_net import AttentionNet, upsample_to_input
-from models.checkpoint import DEFAULT_MODEL_DIR, load_model
+from models.checkpoint import DEFAULT_MODEL_DIR, ModelCard, load_model
 from models.preprocessing import normalize_pixels
 
 
-def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, attention: bool) -> float:
+@dataclass(frozen=True)
+class InProcess:
+    """The service's engine and answers for one model, without the server around them."""
+
+    engine: InferenceEngine
+    card: ModelCard
+
+    def prediction(self, prediction: Prediction) -> dict[str, Any]:
+        model = {"name": self.card.name, "version": self.card.version}
+        return answers.prediction(model, self.card.labels, prediction)
+
+    def render_map(self, decoded: DecodedImage, prediction: Prediction) -> dict[str, Any]:
+        model = {"name": self.card.name, "version": self.card.version}
+        stride = self.card.config.feature_stride
+        return answers.attention_map(model, self.card.labels, stride, Query(), decoded, prediction)
+
+
+def ceiling(predictor: InProcess, data: bytes, batch: int, seconds: float, attention: bool) -> float:
     """Images per second through decode → batched forward → JSON (and the PNG map), one thread."""
     engine, card = predictor.engine, predictor.card
-    options = MapOptions("evidence", None, None, False)
     request = MapRequest("evidence") if attention else None
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or done == 0:
@@ -39,11 +58,9 @@ def ceiling(predictor: Predictor, data: bytes, batch: int, seconds: float, atten
         predictions = engine.forward_batch([d.pixels for d in decoded], [5] * batch, [request] * batch)
         for image, prediction in zip(decoded, predictions, strict=True):
             if attention:
-                orjson.dumps(predictor.render_map(image, prediction, options))
+                orjson.dumps(predictor.render_map(image, prediction))
             else:
-                orjson.dumps(
-                    {"model": predictor.model_ref, "predictions": predictor.prediction_entries(prediction)}
-                )
+                orjson.dumps(predictor.prediction(prediction))
         done += batch
     return done / (time.perf_counter() - started)
 
@@ -54,22 +71,20 @@ def build_predictor(
     batch: int,
     amp: Literal["auto"] | Precision = "auto",
     cuda_graphs_size: int | None = None,
-) -> Predictor:
-    """The service's predictor and engine for ``model_dir``, without the server around them.
+) -> InProcess:
+    """The service's engine and answers for ``model_dir``, without the server around them.
 
     ``cuda_graphs_size``: on CUDA, warm up and record the engine's CUDA graphs for images of this side.
     """
     model, card = load_model(model_dir, device)
     model.fuse_for_inference()
-    config = EngineConfig(
-        max_batch_size=batch,
-        amp_dtype=choose_amp_dtype(amp, device),
-        cuda_graphs=cuda_graphs_size is not None,
-    )
+    graphs = cuda_graphs_size is not None
+    settings = Settings(_env_file=None, max_batch_size=batch, cuda_graphs=graphs)
+    config = settings.engine_config(choose_amp_dtype(amp, device))
     engine = InferenceEngine(model, card.preprocessing, device, config, Metrics())
     if cuda_graphs_size is not None:
         asyncio.run(engine.warm_up(card.config.in_channels, cuda_graphs_size, batch))
-    return Predictor(engine, card, Limits(1 << 26, 16, 10.0), pool=None)  # type: ignore[arg-type]
+    return InProcess(engine, card)
 
 
 def raw_forward(model: AttentionNet, x: torch.Tensor, seconds: float) -> float:
@@ -98,7 +113,7 @@ def grad_cam(model: AttentionNet, x: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 def map_cost(
-    predictor: Predictor, model: AttentionNet, data: bytes, batch: int, seconds: float
+    predictor: InProcess, model: AttentionNet, data: bytes, batch: int, seconds: float
 ) -> dict[str, float]:
     """Seconds per map at ``batch`` images: our map (forward + render) vs Grad-CAM (+ the same render).
 
@@ -108,14 +123,13 @@ def map_cost(
     card, engine = predictor.card, predictor.engine
     amp = engine.config.amp_dtype
     decoded = [decode_image(data, card.preprocessing, 1 << 26, 16) for _ in range(batch)]
-    options = MapOptions("evidence", None, None, False)
 
     def ours() -> None:
         predictions = engine.forward_batch(
             [d.pixels for d in decoded], [5] * batch, [MapRequest("evidence")] * batch
         )
         for image, prediction in zip(decoded, predictions, strict=True):
-            predictor.render_map(image, prediction, options)
+            predictor.render_map(image, prediction)
 
     def gradcam(autocast: bool) -> None:
         x = normalize_pixels(torch.stack([d.pixels for d in decoded]), card.preprocessing, engine.device)
@@ -123,7 +137,7 @@ def map_cost(
             maps = grad_cam(model, x, card.config.feature_stride).float()
         heats = heatmaps_to_uint8(maps).cpu().numpy()  # the same scaling and PNG work as ours
         for image, grid, heat in zip(decoded, maps.cpu(), heats, strict=True):
-            predictor.render_map(image, _as_prediction(grid, heat), options)
+            predictor.render_map(image, _as_prediction(grid, heat))
 
     costs = {"attention_map_s": _per_image(ours, batch, seconds)}
     costs["grad_cam_float32_s"] = _per_image(lambda: gradcam(False), batch, seconds)

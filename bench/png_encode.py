@@ -32,8 +32,7 @@ from PIL import Image
 
 from app.engine.forward import MapRequest
 from app.pipeline.imaging import decode_image, encode_png, render_heatmaps
-from app.pipeline.predictor import Predictor
-from bench.inprocess import build_predictor, ceiling
+from bench.inprocess import InProcess, build_predictor, ceiling
 from models.checkpoint import DEFAULT_MODEL_DIR
 
 PILLOW_STORED_MAX_PIXELS = 64 * 64
@@ -81,7 +80,7 @@ def main() -> None:
     ceilings(predictor)
 
 
-def model_map(predictor: Predictor) -> NDArray[np.uint8]:
+def model_map(predictor: InProcess) -> NDArray[np.uint8]:
     image = decode_image(CANVAS.read_bytes(), predictor.card.preprocessing, 1 << 26, 16)
     prediction = predictor.engine.forward_batch([image.pixels], [1], [MapRequest("evidence")])[0]
     assert prediction.heat is not None
@@ -96,12 +95,12 @@ def dense_maps() -> list[tuple[str, NDArray[np.uint8]]]:
     return maps
 
 
-def ceilings(predictor: Predictor, rounds: int = 8, seconds: float = 1.5) -> None:
+def ceilings(predictor: InProcess, rounds: int = 8, seconds: float = 1.5) -> None:
     data = CANVAS.read_bytes()
     figures: dict[str, list[float]] = {"predict": [], "attention, Pillow": [], "attention, Glimpse": []}
     for _ in range(rounds):
         figures["predict"].append(ceiling(predictor, data, 32, seconds, attention=False))
-        with patch("app.pipeline.predictor.encode_png", pillow_png):
+        with patch("app.pipeline.answers.encode_png", pillow_png):
             figures["attention, Pillow"].append(ceiling(predictor, data, 32, seconds, attention=True))
         figures["attention, Glimpse"].append(ceiling(predictor, data, 32, seconds, attention=True))
     medians = {name: statistics.median(values) for name, values in figures.items()}

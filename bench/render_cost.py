@@ -1,8 +1,8 @@
 """Rendering heat images: the service's way against the way it rendered them before, per batch.
 
-Before (up to commit c18ffc5): resample every map onto the pixels with ``grid_sample``, then clamp,
-find the peak, scale and round on every pixel. Now (:func:`app.pipeline.imaging.render_heatmaps`): clamp and
-scale the few grid cells, resample by two small matrix products, round. Both produce the same heat
+The former way: resample every map onto the pixels with ``grid_sample``, then clamp, find the peak,
+scale and round on every pixel. The service's way (:func:`app.pipeline.imaging.render_heatmaps`):
+clamp and scale the few grid cells, resample by two small matrix products, round. Both produce the same heat
 images up to one level where float rounding lands a pixel on the other side of .5; this script counts
 those pixels too. Random maps of the bundled model's grid (stride 8) for 60×60, 100×100 and 224×224
 images, batches of 1, 8 and 32; one thread; the median of nine timings, the two ways alternating so

@@ -1,4 +1,7 @@
-"""A Markdown table of one benchmark result, for the README: ``python -m bench.report RESULT.json``."""
+"""A Markdown table of one benchmark result, for docs/performance.md.
+
+python -m bench.report RESULT.json
+"""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ requests/s does. Rounds alternate the variants so that the machine's swings hit 
 Variants, each doing everything the one before it does:
 
 * ``trivial``: a bare ASGI app that reads the body and answers fixed JSON;
-* ``parse``: plus Glimpse's multipart parsing (:func:`app.pipeline.uploads.simple_multipart_files`);
+* ``parse``: plus Glimpse's multipart parsing (:func:`app.pipeline.uploads.multipart_files`);
 * ``decode``: plus opening and decoding the PNG as Glimpse does (:mod:`app.pipeline.imaging`);
 * ``handoff``: plus one round trip to a one-thread pool, as a request's trip to the inference thread;
 * ``glimpse-tiny``: the whole service with a tiny random model (two 8-channel layers);
@@ -45,7 +45,7 @@ _POOL = ThreadPoolExecutor(1)
 async def stub(scope: Scope, receive: Receive, send: Send) -> None:
     """The ASGI app of the stub variants; ``BENCH_STUB`` picks how much of a request it does."""
     from app.pipeline.imaging import convert_image, open_image
-    from app.pipeline.uploads import read_body, simple_multipart_files
+    from app.pipeline.uploads import multipart_files, read_body
     from models.checkpoint import Preprocessing
 
     if scope["type"] == "lifespan":
@@ -56,7 +56,7 @@ async def stub(scope: Scope, receive: Receive, send: Send) -> None:
     mode = os.environ["BENCH_STUB"] if scope["method"] == "POST" else "trivial"  # GET: the start-up probe
     body = await read_body(receive, 1 << 24)
     if mode != "trivial":
-        files = simple_multipart_files(body, dict(scope["headers"])[b"content-type"]) or []
+        files = multipart_files(body, dict(scope["headers"])[b"content-type"], 32)
         if mode != "parse":
             images = [convert_image(open_image(data, 1 << 26, 16), Preprocessing()) for data in files]
             if mode == "handoff":

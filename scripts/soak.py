@@ -8,7 +8,7 @@ checks every answer's status. Resident memory (VmRSS) is sampled after ``--warmu
 regularly; the drift is (last − after warm-up) / after warm-up. Prints a JSON summary; exits 1 on any
 unexpected answer or a drift above ``--max-drift-pct``.
 
-    .venv/bin/python scripts/soak.py --requests 100000        # the README's figures
+    .venv/bin/python scripts/soak.py --requests 100000        # the figures of docs/reliability.md
 """
 
 from __future__ import annotations

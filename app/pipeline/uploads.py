@@ -1,41 +1,33 @@
-"""Reading the images out of a request: multipart ``file`` parts or a JSON body of base64 strings.
+"""Reading the images out of a request body: multipart ``file`` parts, or JSON with base64 strings.
 
-The body is read with a hard byte limit (the declared Content-Length is checked first, then the bytes
-actually received, so chunked uploads are bounded too). :func:`simple_multipart_files` is the hot path's
-parser: slicing for the plain bodies HTTP clients send, python-multipart's callback parser straight over
-any other body, without Starlette's form machinery either way.
+One body reader and one parser for each format, for every transport. The body is read with a hard
+byte limit (the declared Content-Length first, then the bytes received, so chunked uploads are bounded
+too). Before any costly parsing, what an image request can hold is checked by counting bytes in C: a
+multipart body with more parts, or a JSON body with more values, than :data:`max_images` images need is
+refused at once instead of parsed on the event loop.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+import orjson
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.types import Message, Receive
+from starlette.types import Receive
 
-from app.errors import (
-    InvalidImage,
-    InvalidParameter,
-    InvalidRequest,
-    PayloadTooLarge,
-    TooManyImages,
-    UnsupportedMediaType,
-)
-from app.schemas import ImagesRequest
+from app.errors import InvalidImage, InvalidParameter, InvalidRequest, PayloadTooLarge, TooManyImages
+from app.pipeline.query import quote
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-MULTIPART_MAX_PARTS = 1000  # Starlette's parser limit; the image cap below is the real one
+NO_IMAGE = "no image in the request: send a multipart part named 'file' or JSON {'image': ...}"
+# Parts besides the images that a multipart body may carry (other form fields are ignored).
+EXTRA_PARTS = 16
 
 
 @dataclass(slots=True)
@@ -46,54 +38,22 @@ class Upload:
     several: bool
 
 
-async def read_upload(request: Request, max_body_bytes: int, max_images: int) -> Upload:
-    """Extract the image files from a multipart or JSON request.
-
-    Raises:
-        PayloadTooLarge: The body exceeds ``max_body_bytes``.
-        UnsupportedMediaType: The body is neither multipart/form-data nor JSON.
-        InvalidRequest: The body is malformed or holds no image.
-        TooManyImages: More than ``max_images`` images.
-    """
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "multipart/form-data":
-        body = await _read_body(request, max_body_bytes)
-        upload = await _from_multipart(request, body)
-    elif media_type == "application/json" or media_type.endswith("+json"):
-        upload = _from_json(await _read_body(request, max_body_bytes))
-    else:
-        raise UnsupportedMediaType(
-            f"unsupported content type {media_type or '(none)'!r}: send multipart/form-data with a "
-            "'file' part or application/json with 'image' or 'images'"
-        )
-    if not upload.images:
-        raise InvalidRequest(
-            "no image in the request: send a multipart part named 'file' or JSON {'image': ...}"
-        )
-    if len(upload.images) > max_images:
-        raise TooManyImages(f"{len(upload.images)} images in one request; the limit is {max_images}")
-    return upload
+def media_type(content_type: bytes) -> bytes:
+    return content_type.split(b";", 1)[0].strip().lower()
 
 
-async def _read_body(request: Request, max_body_bytes: int) -> bytes:
-    check_declared_length(request.headers.get("content-length"), max_body_bytes)
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_body_bytes:
-            raise PayloadTooLarge(f"the body exceeds the limit of {max_body_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def check_declared_length(declared: str | None, max_body_bytes: int) -> None:
+def check_declared_length(declared: bytes | None, max_body_bytes: int) -> None:
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {max_body_bytes}")
+        raise PayloadTooLarge(f"the body is {declared.decode()} bytes; the limit is {max_body_bytes}")
 
 
 async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
-    """The whole body from the raw ASGI channel, with the same limit and message as :func:`read_upload`."""
+    """The whole body from the ASGI channel, refused past ``max_body_bytes``.
+
+    Raises:
+        PayloadTooLarge: Past the limit.
+        InvalidRequest: The client went away before the end of the body.
+    """
     chunks: list[bytes] = []
     received = 0
     while True:
@@ -109,18 +69,49 @@ async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def simple_multipart_files(body: bytes, content_type: bytes) -> list[bytes] | None:
-    """The ``file`` parts of a well-formed multipart body whose ``file`` parts are all file uploads.
+def parse_upload(body: bytes, content_type: bytes, max_images: int) -> Upload:
+    """The images of a multipart or JSON body.
 
-    Returns None for anything else (malformed, no boundary, no ``file`` part, a ``file`` text field):
-    the caller then hands the body to :func:`read_upload`, which words the error.
+    Raises:
+        UnsupportedMediaType: Neither multipart/form-data nor JSON (the caller checks first).
+        InvalidRequest, InvalidParameter, InvalidImage: A malformed body, or one with no image.
+        TooManyImages: More than ``max_images`` images, or more parts/values than they need.
+    """
+    kind = media_type(content_type)
+    if kind == b"multipart/form-data":
+        images = multipart_files(body, content_type, max_images)
+        upload = Upload(images, several=len(images) > 1)
+    else:
+        upload = json_images(body, max_images)
+    if len(upload.images) > max_images:
+        raise TooManyImages(f"{len(upload.images)} images in one request; the limit is {max_images}")
+    return upload
+
+
+def multipart_files(body: bytes, content_type: bytes, max_images: int) -> list[bytes]:
+    """The ``file`` parts of a multipart body, by slicing when it has the plain shape every HTTP
+    client sends, else by python-multipart's parser, which words any error.
+
+    Raises:
+        InvalidRequest: Malformed, no boundary, a ``file`` text field, or no ``file`` part.
+        TooManyImages: More parts than ``max_images`` images and :data:`EXTRA_PARTS` fields.
     """
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
-        return None
+        raise InvalidRequest("malformed multipart body: the Content-Type names no boundary")
+    max_parts = max_images + EXTRA_PARTS
+    if body.count(b"--" + boundary) > max_parts + 1:
+        raise TooManyImages(
+            f"the multipart body has more than {max_parts} parts; images are limited to "
+            f"{max_images} a request"
+        )
     files = _plain_file_parts(body, boundary)
-    return files if files is not None else _parsed_file_parts(body, boundary)
+    if files is None:
+        files = _parsed_file_parts(body, boundary)
+    if not files:
+        raise InvalidRequest(NO_IMAGE)
+    return files
 
 
 def _plain_file_parts(body: bytes, boundary: bytes) -> list[bytes] | None:
@@ -130,10 +121,10 @@ def _plain_file_parts(body: bytes, boundary: bytes) -> list[bytes] | None:
     at most :data:`PLAIN_MAX_HEADERS` ``token: value`` headers, and the closing delimiter ends the body
     (or one CRLF after it). Within it, a part's content is everything up to the next CRLF and
     delimiter, which RFC 2046 forbids inside content, so slicing there is what python-multipart's
-    state machine arrives at, for half the CPU per 60×60 upload (``python -m bench.request_cost``,
-    ``bench/results/20261129-plain-multipart-cpu/``). Anything else (or a doubt) gives None, and
-    :func:`_parsed_file_parts` reads the body as before. ``tests/test_app_uploads.py`` checks on
-    generated and mutated bodies that the two agree whenever this one answers.
+    state machine arrives at, for half the CPU per 60×60 upload (``python -m bench.request_cost``).
+    Anything else (or a doubt) gives None, and :func:`_parsed_file_parts` reads the body.
+    ``tests/app/pipeline/test_uploads.py`` checks on generated and mutated bodies that the two agree
+    whenever this one answers.
     """
     delimiter = b"--" + boundary
     if not body.startswith(delimiter + b"\r\n"):
@@ -188,17 +179,23 @@ def _plain_disposition(headers: bytes) -> bytes | None:
     return disposition
 
 
-def _parsed_file_parts(body: bytes, boundary: bytes) -> list[bytes] | None:
-    """:func:`simple_multipart_files` by python-multipart's parser, for a body of any shape."""
+def _parsed_file_parts(body: bytes, boundary: bytes) -> list[bytes]:
+    """The ``file`` parts by python-multipart's parser, for a body of any shape.
+
+    Raises:
+        InvalidRequest: Malformed, or a ``file`` part that is a text field.
+    """
     collector = _PartCollector()
     try:
         parser = MultipartParser(boundary, collector.callbacks(), max_size=len(body))
         parser.write(body)
         parser.finalize()
-    except (MultipartParseError, ValueError):
-        return None
-    if not collector.complete or not collector.files or collector.file_field_without_name:
-        return None
+    except (MultipartParseError, ValueError) as exc:
+        raise InvalidRequest(f"malformed multipart body: {quote(str(exc))}") from exc
+    if collector.file_field_without_name:
+        raise InvalidRequest("the 'file' part must be a file upload, not a text field")
+    if not collector.complete:
+        raise InvalidRequest("malformed multipart body: it ends before its closing boundary")
     return collector.files
 
 
@@ -263,42 +260,45 @@ class _PartCollector:
         self.complete = True
 
 
-async def _from_multipart(request: Request, body: bytes) -> Upload:
-    async def replay() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
+def json_images(body: bytes, max_images: int) -> Upload:
+    """The images of a JSON body: ``{"image": "<base64>"}`` or ``{"images": ["<base64>", …]}``.
 
-    try:
-        form = await Request(request.scope, replay).form(
-            max_files=MULTIPART_MAX_PARTS, max_fields=MULTIPART_MAX_PARTS
+    Raises:
+        InvalidRequest: Not JSON, or more values than an image request holds.
+        InvalidParameter: Not one of the two shapes.
+        TooManyImages: More than ``max_images`` images (counted before any is decoded).
+        InvalidImage: An image that is not base64.
+    """
+    # Commas and quotes bound the values and keys a body holds; base64 has neither, a data: URL one
+    # comma. Parsing a million tiny values would hold the event loop (and the GIL) for seconds.
+    if body.count(b",") > 2 * max_images + 8 or body.count(b'"') > 2 * max_images + 8:
+        raise TooManyImages(
+            f"the JSON body holds more values than {max_images} images need: send "
+            f'{{"image": "<base64>"}} or {{"images": [at most {max_images} base64 strings]}}'
         )
-    except HTTPException as exc:  # Starlette reports malformed multipart bodies this way
-        raise InvalidRequest(f"malformed multipart body: {exc.detail}") from exc
     try:
-        images: list[bytes] = []
-        for value in form.getlist("file"):
-            if not isinstance(value, UploadFile):
-                raise InvalidRequest("the 'file' part must be a file upload, not a text field")
-            images.append(await value.read())
-    finally:
-        await form.close()
-    return Upload(images, several=len(images) > 1)
-
-
-def _from_json(body: bytes) -> Upload:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # nesting: [[[[…
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
-    try:
-        parsed = ImagesRequest.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        location = ".".join(str(part) for part in first["loc"])
-        raise InvalidParameter(f"body{'.' + location if location else ''}: {first['msg']}") from exc
-    if parsed.image is not None:
-        return Upload([_b64decode(parsed.image, 0)], several=False)
-    assert parsed.images is not None
-    return Upload([_b64decode(text, i) for i, text in enumerate(parsed.images)], several=True)
+    if not isinstance(data, dict):
+        raise InvalidParameter("body: send a JSON object with 'image' or 'images'")
+    for key in data:
+        if key not in ("image", "images"):
+            raise InvalidParameter(f"body: unknown field {quote(key)}; send 'image' or 'images'")
+    if len(data) != 1:
+        raise InvalidParameter("body: send exactly one of 'image' or 'images'")
+    if "image" in data:
+        if not isinstance(data["image"], str):
+            raise InvalidParameter("body.image: must be a base64 string")
+        return Upload([_b64decode(data["image"], 0)], several=False)
+    texts = data["images"]
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise InvalidParameter("body.images: must be a list of base64 strings")
+    if not texts:
+        raise InvalidRequest(NO_IMAGE)
+    if len(texts) > max_images:
+        raise TooManyImages(f"{len(texts)} images in one request; the limit is {max_images}")
+    return Upload([_b64decode(text, i) for i, text in enumerate(texts)], several=True)
 
 
 def _b64decode(text: str, position: int) -> bytes:

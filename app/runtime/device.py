@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from app.config import Settings
 from app.runtime.lifecycle import DeviceUnavailable
+
+if TYPE_CHECKING:  # app.config imports the engine, which imports this module
+    from app.config import Settings
 
 Precision = Literal["float32", "bfloat16", "float16"]
 _AMP_DTYPES: dict[Precision, torch.dtype | None] = {

@@ -31,14 +31,19 @@ from dataclasses import dataclass
 from multiprocessing.context import BaseContext, ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from pydantic import ValidationError
 
-from app.config import Settings, describe_invalid_settings
+from app.config import Settings, describe_invalid_settings, get_settings
+from app.state import service_state
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 APP = "app.main:app"
+FORKED_APP: FastAPI | None = None  # the app a forking supervisor made before starting its workers
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # A worker that dies within STABLE_AFTER_S of its start is started again after the next of these delays,
@@ -121,6 +126,10 @@ class WorkerGroup:
     def all_listening(self) -> bool:
         return self.listening >= self.size
 
+    def not_ready_reason(self) -> str | None:
+        """What /health/ready says while some workers are still starting; None once all listen."""
+        return None if self.all_listening() else f"{self.listening} of {self.size} workers are ready"
+
 
 class GroupServer(uvicorn.Server):
     """A uvicorn server that counts itself in its :class:`WorkerGroup` once it listens."""
@@ -133,6 +142,13 @@ class GroupServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:  # the lifespan succeeded and the socket listens
             self.group.mark_listening()
+
+
+def make_app(workers: int) -> FastAPI:
+    """The app with the environment's settings and this launcher's worker count."""
+    from app.main import create_app  # the service's modules load torch: not before a worker is wanted
+
+    return create_app(get_settings().model_copy(update={"workers": workers}))
 
 
 def run_worker(args: argparse.Namespace, group: WorkerGroup) -> None:
@@ -148,9 +164,8 @@ def run_worker(args: argparse.Namespace, group: WorkerGroup) -> None:
     except OSError as exc:
         logging.getLogger("uvicorn.error").error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         sys.exit(STARTUP_FAILURE)
-    from app.main import app  # imported already when forked (Supervisor.run)
-
-    app.state.worker_group = group
+    app = FORKED_APP if FORKED_APP is not None else make_app(args.workers)
+    service_state(app).peers_not_ready = group.not_ready_reason
     server = GroupServer(uvicorn.Config(app, **uvicorn_options(args)), group)
     server.run(sockets=[sock])
     if not server.started:  # the lifespan failed, e.g. the model did not load
@@ -208,14 +223,13 @@ class Supervisor:
                 os.kill(process.pid, signal.SIGTERM)
 
     def run(self) -> int:
-        # Each worker takes its share of the cores (Settings.cores_per_worker reads this).
-        os.environ["WEB_CONCURRENCY"] = str(self.args.workers)
+        global FORKED_APP
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         if self.forking:
-            # After the variable above: importing app.main reads the settings. Nothing here touches
-            # CUDA or starts torch's thread pools, which a forked child could not use.
-            import app.main  # noqa: F401
+            # The app knows the worker count: each worker takes its share of the cores. Making it touches
+            # neither CUDA nor torch's thread pools, which a forked child could not use.
+            FORKED_APP = make_app(self.args.workers)
         for _ in range(self.args.workers):
             if not self.stopping:
                 self.start_worker()
@@ -265,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s", level=args.log_level.upper())
     try:
-        # Uncached: the cached settings must be read after Supervisor.run sets WEB_CONCURRENCY.
         Settings()
     except ValidationError as error:
         # Here, once: every worker would fail the same way, and be started again, forever.
@@ -274,7 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
         return Supervisor(args).run()
     # uvicorn.run exits with STARTUP_FAILURE itself when the app cannot start.
-    uvicorn.run(APP, workers=args.workers, **uvicorn_options(args))
+    if args.workers > 1:
+        # No SO_REUSEPORT (Windows): uvicorn's own workers import the app, and learn the count only
+        # from the environment they inherit.
+        os.environ["WEB_CONCURRENCY"] = str(args.workers)
+        uvicorn.run(APP, workers=args.workers, **uvicorn_options(args))
+    else:
+        uvicorn.run(make_app(1), **uvicorn_options(args))
     return 0
 
 

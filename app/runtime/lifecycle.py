@@ -53,7 +53,7 @@ class QuietStartupFailure:
             return
 
         async def quiet_send(message: Message) -> None:
-            if message["type"] == "lifespan.startup.failed" and scope["app"].state.startup_failed:
+            if message["type"] == "lifespan.startup.failed" and scope["app"].state.service.startup_failed:
                 message = {**message, "message": ""}
             await send(message)
 
@@ -80,10 +80,10 @@ def drain_on_sigterm(app: FastAPI, drain_s: float) -> Callable[[], None]:
             previous(signum, frame)
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if app.state.draining:  # a second SIGTERM: stop now
+        if app.state.service.draining:  # a second SIGTERM: stop now
             stop_server(signum, frame)
             return
-        app.state.draining = True
+        app.state.service.draining = True
         logger.info("SIGTERM: /health/ready now answers 503; shutting down in %.1f s", drain_s)
         loop.call_soon_threadsafe(loop.call_later, drain_s, stop_server, signum, frame)
 

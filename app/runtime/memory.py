@@ -1,6 +1,7 @@
 """Keep resident memory flat under long mixed traffic: bounded kernel caches, freed heap given back.
 
-Two things raised the soak's resident memory after warm-up; README, Reliability has the measurements.
+Two things raised the soak's resident memory after warm-up; docs/reliability.md (Memory) has the
+measurements.
 
 **oneDNN kernels per batch shape.** On the CPU every new batch shape (images × padded height × width)
 makes oneDNN build and cache its kernels (six convolutions and their weight reorders), ~240 kB each

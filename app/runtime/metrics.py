@@ -89,6 +89,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = scope.get("route")
-            template = route.path if isinstance(route, Route) else "unmatched"
-            self.metrics.observe_request(template, scope["method"], status, time.perf_counter() - started)
+            if not scope.get("glimpse.counted"):  # else the request core counted it (app.pipeline.core)
+                route = scope.get("route")
+                template = route.path if isinstance(route, Route) else "unmatched"
+                seconds = time.perf_counter() - started
+                self.metrics.observe_request(template, scope["method"], status, seconds)

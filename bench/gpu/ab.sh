@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Serving code A/B on the GPU host: the working tree against an older tree, alternating, two rounds.
 #
-#   git archive 676fa0c app models bench | (mkdir -p .prof/old && tar -x -C .prof/old)   # here, before
-#   bash bench/gpu/ab.sh .prof/old OUT_DIR [bench.run arguments]                         # on the host
+#   git archive OLD_COMMIT app models bench | (mkdir -p .prof/old && tar -x -C .prof/old)  # here, before
+#   bash bench/gpu/ab.sh .prof/old OUT_DIR [bench.run arguments]                        # on the host
 #
 # (the device tool copies the working tree without .git, so the older tree is made beforehand and
 # carried). First checks that the engine's CUDA forward pass makes no implicit host synchronisation,

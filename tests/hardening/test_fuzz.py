@@ -155,5 +155,5 @@ def test_decoder_survives_random_bytes(data: bytes) -> None:
 
 
 def test_report_fuzz_counts() -> None:
-    """Prints how many cases each fuzz test ran (run with -s); the README quotes a run of it."""
+    """Prints how many cases each fuzz test ran (run with -s); docs/reliability.md quotes a run of it."""
     print(dict(sorted(CASES.items())), "total", sum(CASES.values()))

@@ -305,7 +305,7 @@ def test_unknown_paths_methods_and_missing_keys(http: httpx.Client, server: str)
 
 
 def test_corpus_size() -> None:
-    """The README quotes these counts."""
+    """docs/reliability.md quotes these counts."""
     assert len(IMAGES) == 39
     assert len(request_corpus(png_bytes(np.zeros((16, 16), dtype=np.uint8)))) == 37
     assert len(ATTENTION_PARAMS) == 8

@@ -145,7 +145,7 @@ def test_a_burst_of_big_batches_costs_memory_for_seconds_not_for_good() -> None:
 
     glibc keeps what such batches free in its per-thread arenas, for good: +112 MiB here without the
     service's trimmer. The trimmer gives most of it back within seconds while ordinary traffic goes on;
-    what stays (README, Reliability) is a thread arena's top, which malloc_trim cannot release.
+    what stays (docs/reliability.md, Memory) is a thread arena's top, which malloc_trim cannot release.
     """
     small = [[noise_png(side, seed=side)] for side in (28, 60, 96, 128)] * 50
     burst_request = [noise_png(256, seed=3)] * 4
@@ -164,16 +164,16 @@ def test_a_burst_of_big_batches_costs_memory_for_seconds_not_for_good() -> None:
                 break
     print(f"RSS {before / 1024:.1f} MiB, {peak / 1024:.1f} at most in the bursts, {now / 1024:.1f} then")
     assert peak - before > 32 * 1024  # the bursts did raise it
-    # Without the trimmer all of the step stays (406 MiB after a 405 MiB peak, twice). With it, 7 runs
-    # on 2026-11-29 kept 11-56 % of the step (the 56 % failed the half this asserted until then).
+    # Without the trimmer all of the step stays (406 MiB after a 405 MiB peak, twice). With it, runs
+    # kept 11-56 % of the step, so the test asks for a third back, not half.
     assert now - before < kept_at_most
 
 
 def test_quick_soak_has_no_errors_and_flat_memory() -> None:
-    """6,000 mixed requests through scripts/soak.py (the README's long run uses 100,000).
+    """6,000 mixed requests through scripts/soak.py (docs/reliability.md's long run uses 100,000).
 
-    The warm-up is the first 3,000: oneDNN builds its kernels once per new batch shape (README,
-    Reliability), and at 1,000 requests it had made only about 80 % of them.
+    The warm-up is the first 3,000: oneDNN builds its kernels once per new batch shape
+    (docs/reliability.md, Memory), and at 1,000 requests it had made only about 80 % of them.
     """
     command = [sys.executable, "scripts/soak.py", "--requests", "6000", "--warmup", "3000"]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)

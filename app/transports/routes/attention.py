@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.deps import PredictorDep, SettingsDep, require_api_key
-from app.engine.forward import MapKind
-from app.pipeline.imaging import Colormap
-from app.pipeline.predictor import MapOptions
-from app.pipeline.uploads import read_upload
+from app.deps import PipelineDep
 from app.schemas import AttentionMapResponsePublic, BatchAttentionMapResponsePublic
-from app.transports.routes.common import IMAGE_ERRORS, IMAGE_REQUEST_BODY, json_response
-from app.transports.routes.predict import TopK
+from app.transports.routes.common import IMAGE_ERRORS, RESULTS_DESCRIPTION, reply_response
 
-router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["inference"])
 
 DESCRIPTION = """
 Where the model looked, from the **same forward pass** as the prediction (no gradients, no extra pass).
@@ -43,34 +36,9 @@ the raw grid values (evidence signed, before taking the positive part).
     "/attention-map",
     summary="Explain predictions with an attention heatmap",
     description=DESCRIPTION,
-    openapi_extra=IMAGE_REQUEST_BODY,
-    responses={
-        200: {
-            "description": 'One image: the single response. Several: `{"results": [...]}` in request order.'
-        },
-        **IMAGE_ERRORS,
-    },
+    responses={200: {"description": RESULTS_DESCRIPTION}, **IMAGE_ERRORS},
     response_model=AttentionMapResponsePublic | BatchAttentionMapResponsePublic,
 )
-async def attention_map(
-    request: Request,
-    predictor: PredictorDep,
-    settings: SettingsDep,
-    top_k: TopK = 5,
-    target: Annotated[str | None, Query(description="Label to explain; default the top class.")] = None,
-    kind: Annotated[
-        MapKind, Query(description="`evidence` for the target class, or raw `attention`.")
-    ] = "evidence",
-    overlay: Annotated[bool, Query(description="Also return the heatmap blended over the input.")] = False,
-    colormap: Annotated[Colormap, Query(description="Colormap of the overlay.")] = "turbo",
-    include_grid: Annotated[
-        bool, Query(description="Also return the raw feature-grid map as numbers.")
-    ] = False,
-) -> Response:
+async def attention_map(request: Request, pipeline: PipelineDep) -> Response:
     """Predictions plus a heatmap of the evidence (or attention) behind the target class."""
-    options = MapOptions(kind, predictor.target_index(target), colormap if overlay else None, include_grid)
-    predictor.check_top_k(top_k)
-    upload = await read_upload(request, settings.max_body_bytes, settings.max_images_per_request)
-    predictor.engine.metrics.observe_images("/attention-map", len(upload.images))
-    results = await predictor.attention_maps(upload.images, top_k, options)
-    return json_response({"results": results} if upload.several else results[0])
+    return reply_response(await pipeline.respond("attention-map", request.scope, request.receive))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.deps import PredictorDep, require_api_key
+from app.deps import PipelineDep, require_api_key
 from app.schemas import InputSpecPublic, ModelInfoPublic, RuntimePublic
 from app.transports.routes.common import error_responses
 
@@ -12,9 +12,9 @@ router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 
 
 @router.get("/models", response_model=ModelInfoPublic, responses=error_responses(401, 503))
-async def models(predictor: PredictorDep) -> ModelInfoPublic:
+async def models(pipeline: PipelineDep) -> ModelInfoPublic:
     """Name, version, labels, input specification and evaluation metrics of the served model."""
-    card = predictor.card
+    card = pipeline.card
     spec = card.preprocessing
     return ModelInfoPublic(
         name=card.name,
@@ -27,10 +27,10 @@ async def models(predictor: PredictorDep) -> ModelInfoPublic:
             mean=list(spec.mean),
             std=list(spec.std),
             size_policy=spec.size_policy,
-            min_size=predictor.limits.min_image_size,
-            max_pixels=predictor.limits.max_image_pixels,
+            min_size=pipeline.limits.min_image_size,
+            max_pixels=pipeline.limits.max_image_pixels,
             feature_stride=card.config.feature_stride,
         ),
-        runtime=RuntimePublic(device=str(predictor.engine.device), precision=predictor.engine.precision),
+        runtime=RuntimePublic(device=str(pipeline.engine.device), precision=pipeline.engine.precision),
         evaluation=card.evaluation,
     )

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.pipeline.uploads import _parsed_file_parts, _plain_file_parts, simple_multipart_files
+from app.errors import InvalidRequest
+from app.pipeline.uploads import _parsed_file_parts, _plain_file_parts, multipart_files
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'()+_,-./:=?"
@@ -33,7 +34,7 @@ def test_the_body_httpx_sends_is_sliced() -> None:
     body, content_type = _httpx_body([("file", IMAGE), ("file", b""), ("other", b"x")], {"note": "hi"})
     boundary = content_type.partition(b"boundary=")[2]
     assert _plain_file_parts(body, boundary) == [IMAGE, b""]
-    assert simple_multipart_files(body, content_type) == [IMAGE, b""]
+    assert multipart_files(body, content_type, max_images=4) == [IMAGE, b""]
 
 
 def test_the_body_curl_sends_is_sliced() -> None:
@@ -106,3 +107,11 @@ def test_slicing_agrees_with_python_multipart(case: tuple[bytes, bytes, list[byt
         assert sliced == plain_files
     if sliced is not None:
         assert sliced == _parsed_file_parts(body, boundary)
+    else:  # the full parser reads it or words why not
+        try:
+            _parsed_file_parts(body, boundary)
+        except InvalidRequest as error:
+            message = error.message
+        else:
+            message = "malformed multipart body: none"
+        assert message.startswith(("malformed multipart body", "the 'file' part"))

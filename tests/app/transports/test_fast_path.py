@@ -1,16 +1,21 @@
-"""The raw-ASGI hot path answers exactly as the FastAPI routes do, and hands them whatever it doesn't take."""
+"""The raw-ASGI fast path and the FastAPI routes are two transports over one core: they answer alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi import FastAPI
 from PIL import Image
+from starlette.types import Receive, Scope, Send
 
+from app.config import Settings
+from app.main import create_app
+from app.pipeline.uploads import NO_IMAGE
 from models.attention_net import upsample_to_input as model_upsample
 from models.checkpoint import Preprocessing
 from models.preprocessing import to_8bit, to_model_input
@@ -20,51 +25,104 @@ pytestmark = pytest.mark.anyio  # the sync tests below are unaffected
 MAP_PARAMS: dict[str, Any] = {"top_k": 3, "overlay": "true", "include_grid": "1", "kind": "evidence"}
 
 
-@pytest.mark.parametrize(("path", "params"), [("/predict", {"top_k": 3}), ("/attention-map", MAP_PARAMS)])
-async def test_hot_path_equals_the_route(
-    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes], path: str, params: dict[str, Any]
+@pytest.fixture
+async def routed(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two clients of one started app: through the fast path, and straight to the FastAPI routes."""
+    app = create_app(settings)
+    stack = FastAPI.build_middleware_stack(app)  # the app's middleware and routes, without the fast path
+
+    async def routes_only(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app
+        await stack(scope, receive, send)
+
+    async with app.router.lifespan_context(app):
+        fast = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        slow = httpx.AsyncClient(transport=httpx.ASGITransport(app=routes_only), base_url="http://t")
+        async with fast, slow:
+            yield fast, slow
+
+
+def _requests(png: bytes) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(path, query, httpx body arguments): answers and errors of every kind."""
+    one = {"files": {"file": ("d.png", png, "image/png")}}
+    return [
+        ("/predict", {}, one),
+        ("/predict", {"top_k": 3}, {"json": {"image": b64(png)}}),
+        ("/predict", {}, {"files": [("file", ("a.png", png)), ("file", ("b.png", png))]}),
+        ("/attention-map", MAP_PARAMS, one),
+        ("/attention-map", {"target": "3", "kind": "attention", "colormap": "viridis"}, one),
+        ("/predict", {"top_k": "0"}, one),
+        ("/predict", {"top_k": "9" * 5000}, one),
+        ("/predict", {"topk": "3"}, one),
+        ("/attention-map", {"target": "cat"}, one),
+        ("/attention-map", {"kind": "gradcam"}, one),
+        ("/predict", {}, {"files": {"file": ("d.png", b"not an image", "image/png")}}),
+        ("/predict", {}, {"files": {"other": ("d.png", png, "image/png")}}),
+        ("/predict", {}, {"json": {"image": "%%%"}}),
+        ("/predict", {}, {"json": {"pictures": [b64(png)]}}),
+        ("/predict", {}, {"content": b"{", "headers": {"content-type": "application/json"}}),
+        ("/predict", {}, {"content": b"x", "headers": {"content-type": "text/plain"}}),
+    ]
+
+
+async def test_both_transports_answer_byte_for_byte_alike(
+    routed: tuple[httpx.AsyncClient, httpx.AsyncClient], canvas_png: Callable[[int], bytes]
 ) -> None:
-    image = canvas_png(7)
-    hot = await client.post(path, params=params, files={"file": ("d.png", image, "image/png")})
-    routed = await client.post(path, params=params, json={"image": b64(image)})  # JSON: always the route
-    assert hot.status_code == routed.status_code == 200
-    assert hot.headers["content-type"] == routed.headers["content-type"] == "application/json"
-    assert hot.json() == routed.json()
+    fast, slow = routed
+    statuses = set()
+    for path, params, body in _requests(canvas_png(7)):
+        one = await fast.post(path, params=params, **body)
+        other = await slow.post(path, params=params, **body)
+        assert (one.status_code, one.content) == (other.status_code, other.content), (path, params)
+        assert one.headers["content-type"] == other.headers["content-type"] == "application/json"
+        statuses.add(one.status_code)
+    assert statuses == {200, 400, 415, 422}
 
 
-async def test_unusual_parameters_go_to_the_route(
+async def test_a_top_k_out_of_range_has_one_wording(
+    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes]
+) -> None:
+    files = {"file": ("d.png", canvas_png(3), "image/png")}
+    for value in ("0", "00", "11", "99999999999999999999999"):
+        response = await client.post("/predict", params={"top_k": value}, files=files)
+        assert response.status_code == 422
+        message = f"top_k must be a whole number from 1 to 10, got '{value}'"
+        assert response.json() == {"error": {"code": "invalid_parameter", "message": message}}
+    long = await client.post("/predict", params={"top_k": "9" * 5000}, files=files)
+    assert (
+        long.json()["error"]["message"]
+        == f"top_k must be a whole number from 1 to 10, got {'9' * 200!r}… (5000 characters)"
+    )
+
+
+async def test_a_signed_top_k_reads_as_the_number(
     client: httpx.AsyncClient, canvas_png: Callable[[int], bytes]
 ) -> None:
     files = {"file": ("d.png", canvas_png(3), "image/png")}
     plain = await client.post("/predict", params={"top_k": 2}, files=files)
     signed = await client.post("/predict", params={"top_k": "+2"}, files=files)
     assert signed.json() == plain.json()
-    wrong = await client.post("/attention-map", params={"kind": "gradcam"}, files=files)
-    assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "invalid_parameter")
 
 
-@pytest.mark.parametrize("top_k", ["0", "00", "11", "99999999999999999999999", "9" * 5000])
-@pytest.mark.parametrize("path", ["/predict", "/attention-map"])
-async def test_a_top_k_out_of_range_is_worded_alike_on_both_paths(
-    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes], path: str, top_k: str
+async def test_unknown_and_repeated_parameters_are_refused(
+    client: httpx.AsyncClient, canvas_png: Callable[[int], bytes]
 ) -> None:
-    image = canvas_png(7)
-    hot = await client.post(path, params={"top_k": top_k}, files={"file": ("d.png", image, "image/png")})
-    routed = await client.post(path, params={"top_k": top_k}, json={"image": b64(image)})
-    assert hot.status_code == routed.status_code == 422
-    assert hot.json() == routed.json()
-    assert hot.json()["error"]["code"] == "invalid_parameter"
-    assert "top_k" in hot.json()["error"]["message"]
+    files = {"file": ("d.png", canvas_png(3), "image/png")}
+    unknown = await client.post("/predict", params={"topk": 3}, files=files)
+    assert unknown.json()["error"]["message"] == "unknown parameter 'topk'; /predict takes top_k"
+    repeated = await client.post("/predict", params=[("top_k", "1"), ("top_k", "2")], files=files)
+    assert repeated.json()["error"]["message"] == "top_k is given more than once"
+    assert unknown.status_code == repeated.status_code == 422
 
 
-async def test_hot_path_requests_are_counted_once_in_the_metrics(
+async def test_requests_are_counted_once_in_the_metrics(
     client: httpx.AsyncClient, canvas_png: Callable[[int], bytes]
 ) -> None:
     image = ("d.png", canvas_png(1), "image/png")
-    await client.post("/predict", files={"file": image})  # hot path, 200
-    await client.post("/attention-map", files={"file": image})  # hot path, 200
-    await client.post("/predict", files={"file": ("d.png", b"not an image", "image/png")})  # hot path, 415
-    await client.post("/predict", files={"other": image})  # read by the hot path, replayed: the route's 400
+    await client.post("/predict", files={"file": image})  # 200
+    await client.post("/attention-map", files={"file": image})  # 200
+    await client.post("/predict", files={"file": ("d.png", b"not an image", "image/png")})  # 415
+    await client.post("/predict", files={"other": image})  # 400
     text = (await client.get("/metrics")).text
     for route, status in [("/predict", 200), ("/attention-map", 200), ("/predict", 415), ("/predict", 400)]:
         assert f'glimpse_requests_total{{method="POST",route="{route}",status="{status}"}} 1.0' in text
@@ -72,11 +130,14 @@ async def test_hot_path_requests_are_counted_once_in_the_metrics(
     assert 'glimpse_request_duration_seconds_count{route="/attention-map"} 1.0' in text
 
 
-async def test_bodies_the_simple_parser_refuses_are_replayed(client: httpx.AsyncClient) -> None:
+async def test_malformed_multipart_bodies_are_worded(client: httpx.AsyncClient) -> None:
     response = await client.post("/predict", files={"other": ("d.png", b"x", "image/png")})
-    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
+    assert (response.status_code, response.json()["error"]["message"]) == (400, NO_IMAGE)
     response = await client.post("/predict", data={"file": "not a file"}, files={"x": ("a", b"b")})
-    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_request")
+    assert response.json()["error"] == {
+        "code": "invalid_request",
+        "message": "the 'file' part must be a file upload, not a text field",
+    }
 
 
 async def test_hot_path_errors_have_the_one_shape(client: httpx.AsyncClient) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import app.engine.forward as engine_module
-import app.pipeline.predictor as predictor_module
+import app.pipeline.core as predictor_module
 from app.config import Settings
 from app.main import create_app
 from app.runtime.device import cpu_has_amx_bf16
@@ -228,6 +228,22 @@ async def test_api_keys_protect_inference_but_not_health_or_metrics(
         open_paths = [
             await http.get(path) for path in ("/health/live", "/health/ready", "/metrics", "/openapi.json")
         ]
+        spec = open_paths[-1].json()
+        twice = [("X-API-Key", "k1"), ("X-API-Key", "k2")]
+        duplicates = [
+            await http.post("/predict", json=image, headers=twice),
+            await http.post(
+                "/predict", json=image, headers={"X-API-Key": "k1", "Authorization": "Bearer k2"}
+            ),
+            await http.post("/predict", files={"file": ("d.png", canvas_png(0), "image/png")}, headers=twice),
+            await http.get("/models", headers=twice),
+        ]
+    for response in duplicates:  # ambiguous credentials: refused alike on every transport
+        assert response.status_code == 401
+        assert response.json()["error"]["message"] == "more than one API key in the request: send exactly one"
+    assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+    assert spec["paths"]["/predict"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    assert "security" not in spec["paths"]["/health/ready"]["get"]
     assert (missing.status_code, missing.json()["error"]["code"]) == (401, "unauthorized")
     assert missing.headers["WWW-Authenticate"] == "ApiKey"
     assert wrong.status_code == 401
@@ -258,7 +274,7 @@ async def test_health_transitions_through_the_lifespan(settings: Settings) -> No
 async def test_ready_waits_for_every_worker_of_the_group(settings: Settings) -> None:
     app = create_app(settings)
     group = WorkerGroup(2, multiprocessing.get_context("spawn"))
-    app.state.worker_group = group
+    app.state.service.peers_not_ready = group.not_ready_reason
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
         app.router.lifespan_context(app),
@@ -355,9 +371,18 @@ async def test_openapi_documents_uploads_examples_and_errors(client: httpx.Async
     for path in ("/predict", "/attention-map"):
         operation = spec["paths"][path]["post"]
         content = operation["requestBody"]["content"]
-        assert content["multipart/form-data"]["schema"]["properties"]["file"]["items"]["format"] == "binary"
-        assert content["application/json"]["schema"]["examples"]
-        assert {"400", "401", "413", "415", "422", "503", "504"} <= set(operation["responses"])
+        file = content["multipart/form-data"]["schema"]["properties"]["file"]
+        assert (file["items"]["format"], file["maxItems"]) == ("binary", 32)
+        shapes = content["application/json"]["schema"]["oneOf"]
+        assert [shape["required"] for shape in shapes] == [["image"], ["images"]]
+        assert shapes[1]["properties"]["images"]["maxItems"] == 32
+        messages = set()
+        for status in ("400", "401", "413", "415", "422", "503", "504"):
+            example = operation["responses"][status]["content"]["application/json"]["example"]
+            messages.add(example["error"]["message"])
+        assert len(messages) == 7  # each status its own example
+        top_k = next(p for p in operation["parameters"] if p["name"] == "top_k")
+        assert top_k["schema"]["maximum"] == len(CARD.labels)
     attention = spec["paths"]["/attention-map"]["post"]
     assert "A_ij·(w_c·F_ij)" in attention["description"]
     assert {p["name"] for p in attention["parameters"]} == {
@@ -368,8 +393,12 @@ async def test_openapi_documents_uploads_examples_and_errors(client: httpx.Async
         "colormap",
         "include_grid",
     }
+    target = next(p for p in attention["parameters"] if p["name"] == "target")
+    assert target["schema"]["enum"] == CARD.labels
     assert "AttentionMapResponsePublic" in spec["components"]["schemas"]
-    assert "APIKeyHeader" in spec["components"]["securitySchemes"]
+    assert "securitySchemes" not in spec["components"]  # no keys configured: nothing to send
+    model = spec["components"]["schemas"]["ModelRefPublic"]["properties"]
+    assert (model["name"]["examples"], model["version"]["examples"]) == ([CARD.name], [CARD.version])
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "swagger-ui" in docs.text
@@ -378,12 +407,12 @@ async def test_openapi_documents_uploads_examples_and_errors(client: httpx.Async
 async def test_internal_errors_are_generic(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, canvas_png: Callable[[int], bytes]
 ) -> None:
-    from app.pipeline.predictor import Predictor
+    from app.pipeline import answers
 
     def explode(*_: object) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(Predictor, "prediction_entries", explode)
+    monkeypatch.setattr(answers, "predictions", explode)
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # what a real server does
     async with (
