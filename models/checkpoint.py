@@ -1,9 +1,11 @@
 """The self-describing model artifact: safetensors weights plus a JSON model card.
 
-A model directory holds ``model.safetensors`` and ``card.json``. The card names the architecture and
-its config, the label names, the preprocessing, the training data and seed, the evaluation metrics and
-the sha256 of the weights file; :func:`load_model` refuses weights whose hash or tensor shapes do not
-match the card. Nothing here unpickles: safetensors stores raw tensors only.
+A model directory holds ``model.safetensors`` and ``card.json``, and may hold ``domain.safetensors``,
+the in-domain score's parameters (models/domain.py). The card names the architecture and its config,
+the label names, the preprocessing, the training data and seed, the evaluation metrics and the sha256
+of each tensor file; :func:`load_model` refuses weights whose hash or tensor shapes do not match the
+card, :func:`models.domain.load_domain_scorer` likewise the domain file. Nothing here unpickles:
+safetensors stores raw tensors only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ CARD_FILE = "card.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 
 
+POLARITY_POLICIES = {
+    "as_is": "pixels as decoded; transparent pixels are flattened onto the background that contrasts "
+    "with the opaque ones",
+    "light_on_dark": "the model reads light strokes on a dark background: transparent pixels are "
+    "flattened onto the background that contrasts with the opaque ones (so the opaque strokes are the "
+    "drawing, whatever their colour), then an image whose border is light (median luminance of the "
+    "outer pixels above mid-grey) is inverted",
+}
+
+
 class ModelArtifactError(RuntimeError):
     """The model directory is missing, incomplete, tampered with or inconsistent."""
 
@@ -38,6 +50,13 @@ class Preprocessing:
     std: tuple[float, ...] = (0.3,)
     size_policy: str = "native"  # "native": any size at or above min_size, no resizing
     min_size: int = 16
+    # "as_is" or "light_on_dark" (see POLARITY_POLICIES); cards written before the field read "as_is"
+    polarity: str = "as_is"
+
+    def __post_init__(self) -> None:
+        if self.polarity not in POLARITY_POLICIES:
+            expected = ", ".join(sorted(POLARITY_POLICIES))
+            raise ValueError(f"unknown polarity {self.polarity!r}; expected one of {expected}")
 
     @property
     def channels(self) -> int:
@@ -54,6 +73,9 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
+    # The in-domain score's parameters file, its sha256, threshold and calibration (models/domain.py);
+    # empty for a model without one.
+    domain: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +89,7 @@ class ModelCard:
             "training": self.training,
             "evaluation": self.evaluation,
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256},
+            **({"domain": self.domain} if self.domain else {}),
         }
 
     @classmethod
@@ -90,6 +113,7 @@ class ModelCard:
                 training=dict(data.get("training", {})),
                 evaluation=dict(data.get("evaluation", {})),
                 weights_sha256=str(data["weights"]["sha256"]),
+                domain=dict(data.get("domain", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"malformed model card: {exc}") from exc

@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image
 from torch import Tensor
 
@@ -24,14 +25,40 @@ def to_pixels(image: Image.Image, spec: Preprocessing) -> Tensor:
     """The image in the card's colour mode as (H, W, C) uint8, before any arithmetic.
 
     The conversion uses Pillow's ITU-R 601 luma for "L". Modes Pillow cannot convert directly (16-bit,
-    float) are scaled to 8 bits first by :func:`to_8bit`. Keeping pixels as bytes until the batch is
-    formed lets the server normalise a whole batch at once, on its device, and move 4× fewer bytes there.
+    float) are scaled to 8 bits first and transparency is flattened, by :func:`to_8bit`. Under the
+    "light_on_dark" polarity an image with a light border is inverted (:func:`has_light_border`), so dark
+    strokes on white reach the model as the light strokes on dark it was trained on. Keeping pixels as
+    bytes until the batch is formed lets the server normalise a whole batch at once, on its device, and
+    move 4× fewer bytes there.
     """
     converted = to_8bit(image)
     if converted.mode != spec.color_mode:
         converted = converted.convert(spec.color_mode)
     array = np.array(converted, dtype=np.uint8)  # a writable copy: torch refuses read-only buffers
-    return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], spec.channels))
+    array = array.reshape(array.shape[0], array.shape[1], spec.channels)
+    if spec.polarity == "light_on_dark" and has_light_border(array):
+        np.subtract(255, array, out=array)
+    return torch.from_numpy(array)
+
+
+def has_light_border(pixels: NDArray[np.uint8]) -> bool:
+    """Whether the median of an (H, W, C) image's outer ring of pixels is lighter than mid-grey.
+
+    The border, not the whole image, decides: thick strokes may cover most of a drawing, but rarely most
+    of its edge, and clutter fragments cover little of either. The ring is 4 pixels wide (less on images
+    under 64 pixels a side, so it stays a ring); its channels are averaged.
+    """
+    height, width = pixels.shape[:2]
+    ring = max(1, min(4, min(height, width) // 16))
+    border = np.concatenate(
+        [
+            pixels[:ring].reshape(-1, pixels.shape[2]),
+            pixels[-ring:].reshape(-1, pixels.shape[2]),
+            pixels[ring:-ring, :ring].reshape(-1, pixels.shape[2]),
+            pixels[ring:-ring, -ring:].reshape(-1, pixels.shape[2]),
+        ]
+    )
+    return float(np.median(border.mean(axis=1))) > 127.5
 
 
 def normalize_pixels(pixels: Tensor, spec: Preprocessing, device: torch.device | None = None) -> Tensor:
@@ -61,18 +88,33 @@ def _statistics(
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
-    """Bring high-bit-depth and float single-channel images to 8-bit "L", keeping their full range."""
+    """Bring high-bit-depth and float single-channel images to 8-bit "L", keeping their full range, and
+    flatten transparency with :func:`flatten_transparency`."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         array = array / _full_scale(image.mode, float(array.max()) if array.size else 0.0)
         array = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
         return Image.fromarray((array * 255.0).round().astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Composite onto black: the model was trained on dark backgrounds.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return flatten_transparency(image)
     return image
+
+
+def flatten_transparency(image: Image.Image) -> Image.Image:
+    """An RGB image of ``image`` composited onto the background that contrasts with its opaque pixels.
+
+    In a drawing exported with a transparent background the opaque strokes are the drawing, whatever
+    their colour: dark strokes (alpha-weighted mean luma below mid-grey) go onto white, light ones onto
+    black, so they stay visible instead of vanishing into a background of their own colour. A fully
+    transparent image goes onto black.
+    """
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
+    coverage = float(alpha.sum())
+    luma = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float32)
+    dark_strokes = coverage > 0 and float((luma * alpha).sum()) / coverage < 127.5
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if dark_strokes else (0, 0, 0, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def _full_scale(mode: str, peak: float) -> float:

@@ -42,7 +42,7 @@ from models.folder import load_image_folder
 
 DISTILL_TEMPERATURE = 2.0  # softens teacher and student logits alike for distillation
 MNIST_PREPROCESSING = Preprocessing(
-    color_mode="L", mean=(0.1,), std=(0.3,), size_policy="native", min_size=16
+    color_mode="L", mean=(0.1,), std=(0.3,), size_policy="native", min_size=16, polarity="light_on_dark"
 )
 
 

@@ -1,0 +1,166 @@
+"""The in-domain score: canvases pass in every form users send them, everyday images are flagged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.attention_net import AttentionNet
+from models.checkpoint import (
+    CARD_FILE,
+    DEFAULT_MODEL_DIR,
+    ModelArtifactError,
+    ModelCard,
+    load_model,
+    read_card,
+)
+from models.data import CanvasSet, fixed_canvases, load_mnist_splits
+from models.domain import (
+    DOMAIN_FILE,
+    WARNING,
+    DomainScorer,
+    DomainVerdict,
+    colourful_fraction,
+    load_domain_scorer,
+)
+from models.evaluate import jpeg, polarity_variants
+from models.outliers import DEVELOPMENT_FAMILIES, HELD_OUT_FAMILIES, render
+from models.preprocessing import normalize_pixels, to_pixels
+
+
+@pytest.fixture(scope="module")
+def bundled() -> tuple[AttentionNet, ModelCard, DomainScorer]:
+    model, card = load_model(DEFAULT_MODEL_DIR)
+    scorer = load_domain_scorer(DEFAULT_MODEL_DIR, card)
+    assert scorer is not None, "the bundled model ships an in-domain scorer"
+    return model, card, scorer
+
+
+@torch.inference_mode()
+def verdicts(
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer], images: list[Image.Image]
+) -> list[tuple[float, bool]]:
+    """Each image alone through the serving preprocessing, the model and the scorer."""
+    model, card, scorer = bundled
+    results = []
+    for image in images:
+        x = normalize_pixels(to_pixels(image, card.preprocessing).unsqueeze(0), card.preprocessing)
+        colourful = torch.tensor([colourful_fraction(image)])
+        verdict = scorer.score(model(x), x, colourful=colourful)
+        results.append((float(verdict.score[0]), bool(verdict.in_distribution[0])))
+    return results
+
+
+def canvas_images(size: int, count: int = 25) -> list[Image.Image]:
+    canvases: CanvasSet = fixed_canvases(load_mnist_splits()["test"], size, seed=size)
+    return [Image.fromarray(array, mode="L") for array in canvases.images[:count].numpy()]
+
+
+@pytest.mark.parametrize("size", [60, 100])
+def test_canvases_pass_in_every_form_users_send(
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer], size: int
+) -> None:
+    pictures = canvas_images(size)
+    forms = {
+        "png": pictures,
+        "jpeg": [jpeg(p) for p in pictures],
+        "rgb": [p.convert("RGB") for p in pictures],
+        **polarity_variants(pictures),
+    }
+    for name, images in forms.items():
+        flags = [ok for _, ok in verdicts(bundled, images)]
+        assert sum(not ok for ok in flags) <= 1, f"{name}: {flags.count(False)} of {len(flags)} flagged"
+
+
+def test_everyday_images_are_flagged(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
+    families = {**render(DEVELOPMENT_FAMILIES, 4, seed=99), **render(HELD_OUT_FAMILIES, 4, seed=98)}
+    flagged = {name: [not ok for _, ok in verdicts(bundled, images)] for name, images in families.items()}
+    everything = [flag for flags in flagged.values() for flag in flags]
+    assert np.mean(everything) >= 0.9, {name: sum(flags) for name, flags in flagged.items()}
+
+
+def test_a_photo_is_flagged_with_a_low_score(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
+    from sklearn.datasets import load_sample_images
+
+    photo = Image.fromarray(load_sample_images().images[0])  # 640×427, RGB, the issue's first example
+    for image in (photo, photo.convert("L"), photo.resize((100, 67))):
+        score, ok = verdicts(bundled, [image])[0]
+        assert not ok
+        assert score < 0.1
+
+
+def test_padded_batches_score_as_single_images(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
+    model, card, scorer = bundled
+    images = [*canvas_images(60, 2), *canvas_images(100, 2)]
+    pixels = [to_pixels(image, card.preprocessing) for image in images]
+    batch = torch.zeros(len(pixels), 100, 100, 1, dtype=torch.uint8)
+    x = normalize_pixels(batch, card.preprocessing).contiguous()
+    for i, p in enumerate(pixels):
+        x[i, :, : p.shape[0], : p.shape[1]] = normalize_pixels(p.unsqueeze(0), card.preprocessing)[0]
+        x[i, :, p.shape[0] :, :] = 0  # padding is zero in the normalised space, as the engine collates
+        x[i, :, :, p.shape[1] :] = 0
+    sizes = torch.tensor([list(p.shape[:2]) for p in pixels])
+    with torch.inference_mode():
+        together = scorer.score(model(x, sizes), x, sizes).score
+    alone = torch.tensor([score for score, _ in verdicts(bundled, images)])
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-3)
+
+
+def test_score_is_one_half_at_the_threshold(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
+    model, card, scorer = bundled
+    x = normalize_pixels(
+        to_pixels(canvas_images(60, 1)[0], card.preprocessing).unsqueeze(0), card.preprocessing
+    )
+    with torch.inference_mode():
+        output = model(x)
+        features = scorer.features(output, x)
+        distance = float(scorer.distance(features)[0])
+        at_threshold = DomainScorer(scorer.mean, scorer.whitening, distance, 0.25, card.preprocessing)
+        verdict = at_threshold.score(output, x)
+    assert isinstance(verdict, DomainVerdict)
+    assert abs(float(verdict.score[0]) - 0.5) < 1e-4
+    assert bool(verdict.in_distribution[0])
+    colourful = at_threshold.score(output, x, colourful=torch.tensor([0.5]))
+    assert not bool(colourful.in_distribution[0])  # colour alone can flag an image
+
+
+def test_colourful_fraction() -> None:
+    assert colourful_fraction(Image.new("L", (80, 80), 200)) == 0.0
+    assert colourful_fraction(Image.new("RGB", (80, 80), (120, 120, 125))) == 0.0
+    assert colourful_fraction(Image.new("RGB", (500, 300), (200, 40, 40))) == 1.0
+    half = np.zeros((64, 64, 3), np.uint8)
+    half[:, :32] = (0, 200, 0)
+    assert colourful_fraction(Image.fromarray(half)) == 0.5
+
+
+def test_the_card_records_the_scorer_and_its_hash(tmp_path: Path) -> None:
+    card = read_card(DEFAULT_MODEL_DIR)
+    assert card.domain["file"] == DOMAIN_FILE
+    assert card.domain["warning"] == WARNING
+    assert card.domain["threshold"] > 0
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    domain_file = tmp_path / "model" / DOMAIN_FILE
+    data = bytearray(domain_file.read_bytes())
+    data[-3] ^= 0xFF
+    domain_file.write_bytes(bytes(data))
+    with pytest.raises(ModelArtifactError, match="does not match the card"):
+        load_domain_scorer(tmp_path / "model", card)
+    domain_file.unlink()
+    with pytest.raises(ModelArtifactError, match="no domain file"):
+        load_domain_scorer(tmp_path / "model", card)
+
+
+def test_cards_without_a_scorer_load_none(tmp_path: Path) -> None:
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    path = tmp_path / "model" / CARD_FILE
+    data = json.loads(path.read_text())
+    del data["domain"]
+    path.write_text(json.dumps(data))
+    _, card = load_model(tmp_path / "model")
+    assert load_domain_scorer(tmp_path / "model", card) is None
