@@ -36,6 +36,7 @@ from app.transports.routes import attention, demo, health, metrics, models, pred
 from app.transports.v2 import routes as v2
 from models.attention_net import AttentionNet
 from models.checkpoint import ModelArtifactError, ModelCard, load_model
+from models.domain import DomainScorer, load_domain_scorer
 
 logger = logging.getLogger("glimpse")
 
@@ -44,23 +45,37 @@ Image classification with a visual-attention network: class probabilities from `
 from `POST /attention-map` a heatmap of the evidence behind a class — from the same forward pass.
 Concurrent requests are batched dynamically. Errors always have the shape
 `{"error": {"code": "...", "message": "..."}}`.
+
+**What the bundled model reads:** handwritten digits, light strokes on a dark background, about 28
+pixels tall, on canvases of any size from 16 pixels up. Dark strokes on a light background and
+drawings with transparency are brought to that polarity first (`GET /models`, `input.polarity`).
+Every answer says whether the image looks like what the model was trained for
+(`domain.in_distribution`, `domain.score` from 0 to 1) and, when it does not, carries a `warning`:
+the scores of such an image are unreliable.
+
+**Images in answers** (`heatmap`, `overlay`) are base64-encoded PNG files: decode the base64 and
+open the bytes with any image library. The demo page at [`/`](/) draws them over the input.
 """
 
 
-async def load_or_fail(state: ServiceState) -> tuple[AttentionNet, ModelCard, torch.device]:
-    """Choose the device and load the verified model, or log one line and raise :class:`StartupFailed`."""
+async def load_or_fail(
+    state: ServiceState,
+) -> tuple[AttentionNet, ModelCard, DomainScorer | None, torch.device]:
+    """Choose the device and load the verified model and its in-domain scorer, or log one line and
+    raise :class:`StartupFailed`."""
     settings = state.settings
     try:
         device = choose_device(settings.device)
         check_amp_dtype(settings.amp_dtype, device)
         configure_torch(settings, device)
         model, card = await asyncio.to_thread(load_model, settings.model_dir, device)
+        domain = load_domain_scorer(settings.model_dir, card)
     except (ModelArtifactError, OSError, DeviceUnavailable) as exc:
         reason = " ".join(str(exc).split())  # one line, even for torch's multi-line state_dict errors
         logger.critical("startup failed: %s (GLIMPSE_MODEL_DIR=%s)", reason, settings.model_dir)
         state.startup_failed = True
         raise StartupFailed(str(exc)) from None
-    return model.fuse_for_inference(), card, device
+    return model.fuse_for_inference(), card, domain, device
 
 
 @asynccontextmanager
@@ -73,9 +88,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.basicConfig(format="%(levelname)s:     %(name)s: %(message)s")
     started = time.perf_counter()
     bound_kernel_caches()  # before the warm-up builds the first oneDNN kernel
-    model, card, device = await load_or_fail(state)
+    model, card, domain, device = await load_or_fail(state)
     engine_config = EngineConfig.from_settings(settings, choose_amp_dtype(settings.amp_dtype, device))
-    engine = InferenceEngine(model, card.preprocessing, device, engine_config, state.metrics)
+    engine = InferenceEngine(model, card.preprocessing, device, engine_config, state.metrics, domain)
     warm_size = max(settings.warmup_image_size, card.preprocessing.min_size)
     await engine.warm_up(card.config.in_channels, warm_size, settings.max_batch_size)
     engine.start()
@@ -88,7 +103,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.decode_threads or settings.cores_per_worker, thread_name_prefix="glimpse-decode"
     )
     limits = settings.pipeline_limits(card.preprocessing.min_size)
-    state.pipeline = Pipeline(engine, card, limits, pool, state.metrics, settings.api_keys)
+    state.pipeline = Pipeline(engine, card, limits, pool, state.metrics, settings.api_keys, domain)
     # A rare big batch must not raise RSS for good; on CUDA the trims cost more than they give back.
     trim_interval_s = settings.trim_interval_s(device.type)
     trimmer = FreedMemoryTrimmer(trim_interval_s).start() if trim_interval_s > 0 else None

@@ -47,9 +47,25 @@ class PredictionPublic(BaseModel):
     score: float = Field(description="Softmax probability of the class, 0…1.", examples=[0.98])
 
 
+class DomainPublic(BaseModel):
+    in_distribution: bool = Field(
+        description="Whether the image looks like what the model was trained on; when false the scores "
+        "are unreliable and `warning` says why."
+    )
+    score: float = Field(
+        description="0…1: about 1 for a typical training image, 0.5 at the calibrated threshold, near 0 "
+        "far from the model's domain (docs: The model, In-domain score).",
+        examples=[0.98],
+    )
+
+
 class PredictResponsePublic(BaseModel):
     model: ModelRefPublic
     predictions: list[PredictionPublic] = Field(description="The top_k classes, highest score first.")
+    domain: DomainPublic
+    warning: str | None = Field(
+        description="Set when `domain.in_distribution` is false: what the model reads, in plain words."
+    )
 
 
 class BatchPredictResponsePublic(BaseModel):
@@ -88,6 +104,12 @@ class InputSpecPublic(BaseModel):
     mean: list[float] = Field(description="Per-channel mean subtracted after scaling to [0, 1].")
     std: list[float] = Field(description="Per-channel standard deviation divided by.")
     size_policy: str = Field(description="'native': any size at or above min_size, no resizing.")
+    polarity: str = Field(
+        description="'light_on_dark': transparency is flattened onto the background that contrasts with "
+        "the strokes, and light-background images are inverted, to the light-on-dark the model reads; "
+        "'as_is': no change.",
+        examples=["light_on_dark"],
+    )
     min_size: int = Field(description="Smallest accepted width and height in pixels.")
     max_pixels: int = Field(description="Largest accepted width×height.")
     feature_stride: int = Field(description="Input pixels per attention-grid step.")
@@ -108,6 +130,10 @@ class ModelInfoPublic(BaseModel):
     input: InputSpecPublic
     runtime: RuntimePublic
     evaluation: dict[str, Any] = Field(description="Evaluation metrics recorded in the model card.")
+    domain: dict[str, Any] | None = Field(
+        description="How the in-domain score was calibrated and how it flagged test and out-of-domain "
+        "images; null for a model without a scorer."
+    )
 
 
 class HealthPublic(BaseModel):

@@ -26,6 +26,7 @@ from app.runtime.device import Precision
 from app.runtime.metrics import Metrics
 from models.attention_net import AttentionNet
 from models.checkpoint import Preprocessing
+from models.domain import DomainScorer
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -103,11 +104,12 @@ class InferenceEngine:
         device: torch.device,
         config: EngineConfig,
         metrics: Metrics,
+        domain: DomainScorer | None = None,
     ) -> None:
         self.device = device
         self.config = config
         self.metrics = metrics
-        self.forward = ForwardWork(model, preprocessing, device, config.forward)
+        self.forward = ForwardWork(model, preprocessing, device, config.forward, domain)
         # Inline passes save a thread hand-off on a CPU; a GPU pass never runs on the event loop.
         policy = config.batching if device.type == "cpu" else replace(config.batching, inline_max_seconds=0.0)
         self.batcher = Batcher[ImageWork, Prediction](self.forward.run, self.forward.split, policy, metrics)

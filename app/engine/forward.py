@@ -30,6 +30,7 @@ from app.errors import GlimpseError, Overloaded
 from app.runtime.device import Precision, precision_name
 from models.attention_net import AttentionNet, AttentionOutput, grid_mask, output_size
 from models.checkpoint import Preprocessing
+from models.domain import DomainScorer
 from models.maps import render_heatmaps
 from models.packing import prepare_cpu_convolutions
 from models.preprocessing import normalize_pixels
@@ -65,10 +66,13 @@ class Prediction:
         heat: The map resampled onto the input's pixels and scaled to 0…255 (negative evidence shown
             as 0), (H, W) uint8 — what the heatmap PNG shows; None for images larger than
             :data:`RENDER_IN_BATCH_MAX_PIXELS`, which the predictor renders itself.
+        domain_score: How much the forward pass looks like the training canvases', 0…1
+            (:meth:`models.domain.DomainScorer.feature_score`); 1.0 for a model without a scorer.
     """
 
     indices: list[int]
     scores: list[float]
+    domain_score: float = 1.0
     target: int | None = None
     grid: Tensor | None = None
     heat: NDArray[np.uint8] | None = None
@@ -130,9 +134,15 @@ class ForwardWork:
     """The model on its device, and the batch work the batcher hands it (module docstring)."""
 
     def __init__(
-        self, model: AttentionNet, preprocessing: Preprocessing, device: torch.device, config: ForwardConfig
+        self,
+        model: AttentionNet,
+        preprocessing: Preprocessing,
+        device: torch.device,
+        config: ForwardConfig,
+        domain: DomainScorer | None = None,
     ) -> None:
         self.model = model
+        self.domain = domain.to(device) if domain is not None else None
         self.preprocessing = preprocessing
         self.device = device
         self.config = config
@@ -140,8 +150,8 @@ class ForwardWork:
             # Module.to accepts memory_format at run time; torch's stubs omit it.
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if device.type == "cpu":
-            # Bitwise the same answers under bfloat16 and less CPU per pass
-            # (bench/results/20261129-packed-convolutions-cpu.txt). Not measured on a GPU.
+            # Bitwise the same answers under bfloat16 and less CPU per pass (``python -m bench.inprocess``;
+            # bench/NOTES.md, "Convolutions packed for oneDNN"). Not measured on a GPU.
             prepare_cpu_convolutions(self.model, config.amp_dtype)
         self._graphed = (
             GraphedBatch[MapKind](self._same_size_work, device, config.channels_last)
@@ -243,8 +253,8 @@ class ForwardWork:
             work = self._graphed(x, requested, kind) if self._graphed is not None else None
             if work is None:
                 work = self._same_size_work(x, requested, kind)
-            scores, indices, *map_outputs = self._to_host(*work)
-            predictions = self._predictions(scores, indices, top_ks)
+            scores, indices, domain, *map_outputs = self._to_host(*work)
+            predictions = self._predictions(scores, indices, domain, top_ks)
             if map_outputs:
                 targets, grids, heats = map_outputs
                 self._attach_maps(predictions, map_requests, targets, list(grids), list(heats.numpy()))
@@ -261,17 +271,18 @@ class ForwardWork:
         target class, its map over the feature grid and its heat image.
 
         Returns:
-            scores and indices (B, K), best first; with a map also targets (B,), grids (B, h, w) float32
-            and heat images (B, H, W) uint8.
+            scores and indices (B, K), best first, and in-domain scores (B,); with a map also targets
+            (B,), grids (B, h, w) float32 and heat images (B, H, W) uint8.
         """
         output, scores, indices = self._ranked(x, None)
+        domain = self._domain_scores(output, x, None)
         if kind is None:
-            return scores, indices
+            return scores, indices, domain
         assert requested is not None
         targets = self._targets(requested, indices)
         grids = self._map(output, targets, kind)
         heats = render_heatmaps(grids, x.shape[-2], x.shape[-1], self.model.config.feature_stride)
-        return scores, indices, targets, grids, heats
+        return scores, indices, domain, targets, grids, heats
 
     def _mixed_work(
         self,
@@ -285,15 +296,16 @@ class ForwardWork:
     ) -> list[Prediction]:
         """Predictions for a padded batch, or one wanting both kinds of map or maps of large images."""
         output, scores, indices = self._ranked(x, input_size)
+        domain = self._domain_scores(output, x, input_size)
         if requested is None:
-            scores, indices = self._to_host(scores, indices)
-            return self._predictions(scores, indices, top_ks)
+            scores, indices, domain = self._to_host(scores, indices, domain)
+            return self._predictions(scores, indices, domain, top_ks)
         targets = self._targets(requested, indices)
         empty = targets.new_zeros(0)
         maps = {kind: self._map(output, targets, kind) if kind in kinds else empty for kind in _KINDS}
         groups = self._render_groups(maps, map_requests, sizes)
-        scores, indices, targets, maps["evidence"], maps["attention"], *heats = self._to_host(
-            scores, indices, targets, maps["evidence"], maps["attention"], *(heat for _, heat in groups)
+        scores, indices, domain, targets, maps["evidence"], maps["attention"], *heats = self._to_host(
+            scores, indices, domain, targets, maps["evidence"], maps["attention"], *(h for _, h in groups)
         )
         grids: list[Tensor | None] = [None] * len(sizes)
         for i, request in enumerate(map_requests):
@@ -304,7 +316,7 @@ class ForwardWork:
         for (members, _), heat in zip(groups, heats, strict=True):
             for i, image_heat in zip(members, heat.numpy(), strict=True):
                 heat_images[i] = image_heat
-        predictions = self._predictions(scores, indices, top_ks)
+        predictions = self._predictions(scores, indices, domain, top_ks)
         self._attach_maps(predictions, map_requests, targets, grids, heat_images)
         return predictions
 
@@ -315,6 +327,12 @@ class ForwardWork:
             output = self.model(x, input_size)
         scores, indices = rank_classes(output.logits)
         return output, scores, indices
+
+    def _domain_scores(self, output: AttentionOutput, x: Tensor, input_size: Tensor | None) -> Tensor:
+        """Each image's in-domain score from what the pass computed, (B,); ones without a scorer."""
+        if self.domain is None:
+            return output.logits.new_ones(output.logits.shape[0], dtype=torch.float32)
+        return self.domain.feature_score(self.domain.features(output, x, input_size))
 
     @staticmethod
     def _targets(requested: Tensor, indices: Tensor) -> Tensor:
@@ -344,13 +362,15 @@ class ForwardWork:
                 prediction.heat = heat
 
     @staticmethod
-    def _predictions(scores: Tensor, indices: Tensor, top_ks: list[int]) -> list[Prediction]:
-        """Each image's top-k from the host copies of the whole ranking."""
+    def _predictions(scores: Tensor, indices: Tensor, domain: Tensor, top_ks: list[int]) -> list[Prediction]:
+        """Each image's top-k from the host copies of the whole ranking, with its in-domain score."""
         most = max(top_ks)
         scores_list, indices_list = scores[:, :most].tolist(), indices[:, :most].tolist()
         return [
-            Prediction(index_row[:k], score_row[:k])
-            for index_row, score_row, k in zip(indices_list, scores_list, top_ks, strict=True)
+            Prediction(index_row[:k], score_row[:k], domain_score)
+            for index_row, score_row, domain_score, k in zip(
+                indices_list, scores_list, domain.tolist(), top_ks, strict=True
+            )
         ]
 
     def _autocast(self) -> torch.autocast | nullcontext[None]:

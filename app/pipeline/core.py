@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+import torch
 from numpy.typing import NDArray
 from PIL import Image
 from starlette.types import Receive, Scope
@@ -41,12 +42,14 @@ from app.errors import (
     error_body,
 )
 from app.pipeline import answers
+from app.pipeline.answers import Domain
 from app.pipeline.auth import check_api_key
 from app.pipeline.imaging import DecodedImage, convert_image, open_image
 from app.pipeline.query import Operation, Query, parse_query
 from app.pipeline.uploads import check_declared_length, media_type, parse_upload, read_body
 from app.runtime.metrics import Metrics
 from models.checkpoint import ModelCard
+from models.domain import DomainScorer
 from models.maps import render_heatmaps
 
 logger = logging.getLogger("glimpse.pipeline")
@@ -88,6 +91,7 @@ class ImageResult:
 
     decoded: DecodedImage
     prediction: Prediction
+    domain: Domain
 
 
 class ClientGone(Exception):  # noqa: N818 (named for what happened, as the domain errors are)
@@ -103,8 +107,10 @@ class Pipeline:
         pool: ThreadPoolExecutor,
         metrics: Metrics,
         api_keys: Sequence[str],
+        domain: DomainScorer | None = None,
     ) -> None:
         self.engine = engine
+        self.domain = domain
         self.card = card
         self.limits = limits
         self.pool = pool
@@ -163,12 +169,12 @@ class Pipeline:
     async def _render(self, images: list[bytes], query: Query, operation: Operation) -> list[dict[str, Any]]:
         if operation == "predict":
             results = await self.infer(images, query, operation)
-            return [answers.prediction(self._model_ref, self.labels, r.prediction) for r in results]
+            return [answers.prediction(self._model_ref, self.labels, r.prediction, r.domain) for r in results]
         async with _deadline(self.limits.request_timeout_s):
             results = await self.infer(images, query, operation, keep_rgb=query.overlay)
             render = partial(answers.attention_map, self._model_ref, self.labels, self.stride, query)
             return await self._per_image(
-                lambda result: render(result.decoded, result.prediction),
+                lambda result: render(result.decoded, result.prediction, result.domain),
                 results,
                 [r.decoded.width * r.decoded.height for r in results],
             )
@@ -206,10 +212,23 @@ class Pipeline:
                     pixel_counts,
                 )
                 predictions = await admission.predict([d.pixels for d in decoded], query.top_k, map_request)
-            results = [ImageResult(d, p) for d, p in zip(decoded, predictions, strict=True)]
+            domains = self._domains(decoded, predictions)
+            results = [ImageResult(*r) for r in zip(decoded, predictions, domains, strict=True)]
             if map_request is not None and any(r.prediction.heat is None for r in results):
                 await self._in_pool(self._render_heat, results)
         return results
+
+    def _domains(self, decoded: list[DecodedImage], predictions: list[Prediction]) -> list[Domain]:
+        """Each image's verdict: the forward pass's in-domain score, lowered for a colourful upload."""
+        if self.domain is None:
+            return [Domain(True, 1.0) for _ in predictions]
+        verdict = self.domain.with_colour(
+            torch.tensor([p.domain_score for p in predictions]), torch.tensor([d.colourful for d in decoded])
+        )
+        return [
+            Domain(bool(flag), float(score))
+            for flag, score in zip(verdict.in_distribution.tolist(), verdict.score.tolist(), strict=True)
+        ]
 
     def _open(self, image: ImageInput) -> Image.Image:
         limits = self.limits

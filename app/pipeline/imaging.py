@@ -24,6 +24,7 @@ from torch import Tensor
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
 from app.pipeline.colormaps import COLORMAPS
 from models.checkpoint import Preprocessing
+from models.domain import colourful_fraction
 from models.preprocessing import to_8bit, to_pixels
 
 Colormap = Literal["turbo", "viridis"]
@@ -42,12 +43,16 @@ class DecodedImage:
         width: Width of the input in pixels, after EXIF orientation.
         height: Height of the input in pixels, after EXIF orientation.
         rgb: The input as (H, W, 3) uint8, kept only when an overlay was asked for.
+        colourful: Share of strongly coloured pixels before the conversion to the card's colour mode
+            (:func:`models.domain.colourful_fraction`): evidence for the in-domain score that the
+            grayscale conversion would discard.
     """
 
     pixels: Tensor
     width: int
     height: int
     rgb: NDArray[np.uint8] | None = None
+    colourful: float = 0.0
 
 
 def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
@@ -158,10 +163,11 @@ def convert_image(image: Image.Image, spec: Preprocessing, keep_rgb: bool = Fals
         image = ImageOps.exif_transpose(image) or image
         pixels = to_pixels(image, spec)
         rgb = np.asarray(to_8bit(image).convert("RGB"), dtype=np.uint8) if keep_rgb else None
+        colourful = colourful_fraction(image)
     except Exception as exc:  # any failure on the client's bytes, as in open_image
         raise InvalidImage(f"the image could not be decoded: {exc}") from exc
     height, width = pixels.shape[:2]
-    return DecodedImage(pixels, int(width), int(height), rgb)
+    return DecodedImage(pixels, int(width), int(height), rgb, colourful)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

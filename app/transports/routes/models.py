@@ -27,10 +27,14 @@ async def models(pipeline: PipelineDep) -> ModelInfoPublic:
             mean=list(spec.mean),
             std=list(spec.std),
             size_policy=spec.size_policy,
+            polarity=spec.polarity,
             min_size=pipeline.limits.min_image_size,
             max_pixels=pipeline.limits.max_image_pixels,
             feature_stride=card.config.feature_stride,
         ),
         runtime=RuntimePublic(device=str(pipeline.engine.device), precision=pipeline.engine.precision),
         evaluation=card.evaluation,
+        domain={key: value for key, value in card.domain.items() if key not in ("file", "sha256")}
+        if card.domain
+        else None,
     )
