@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from app.runtime.launcher import GRACEFUL_SHUTDOWN_S, parse_args
+from bench.slow_clients import Target, raise_open_file_limit, run_attacks
 from bench.slow_clients import parse_args as attack_args
-from bench.slow_clients import raise_open_file_limit, run_attacks
 from tests.serving import Server, running
 
 HEADER_LIMIT = 64 * 1024  # the default
@@ -64,7 +64,7 @@ def exchange(server: Server, request: bytes) -> bytes:
 
 
 def attack(server: Server, *argv: str) -> dict[str, Any]:
-    summary = asyncio.run(run_attacks(server, attack_args(list(argv))))
+    summary = asyncio.run(run_attacks(Target(server.url, server.process.pid), attack_args(list(argv))))
     print(json.dumps(summary))
     return summary
 
