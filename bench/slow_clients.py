@@ -24,8 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
+import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -37,13 +40,45 @@ from typing import Any
 
 import httpx
 import numpy as np
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-from tests.helpers import png_bytes  # noqa: E402
-from tests.serving import Server, launch, wait_ready  # noqa: E402
+
+@dataclass
+class Target:
+    """The server under attack: where it listens, and its process for memory and sockets."""
+
+    url: str
+    pid: int
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS line")
+
+
+def start_server(launcher: bool, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Target]:
+    """``python -m app.serve`` (``launcher``) or plain ``uvicorn app.main:app`` on a free port, ready."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GLIMPSE_")}
+    full_env.update({"GLIMPSE_LOG_LEVEL": "warning", **env})
+    entry = ["app.serve", "--log-level", "warning"] if launcher else ["uvicorn", "app.main:app"]
+    command = [sys.executable, "-m", *entry, "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=full_env, stdout=subprocess.DEVNULL)
+    target = Target(f"http://127.0.0.1:{port}", process.pid)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{target.url}/health/ready", timeout=1).status_code == 200:
+                return process, target
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the server did not become ready (exit {process.poll()})")
+
 
 Sender = Callable[[asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
@@ -205,12 +240,14 @@ async def probe(
 
 def normal_requests() -> tuple[dict[str, Any], dict[str, Any]]:
     rng = np.random.default_rng(0)
-    image = png_bytes((rng.random((60, 60)) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random((60, 60)) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    image = buffer.getvalue()
     predict = {"method": "POST", "url": "/predict", "files": {"file": ("a.png", image, "image/png")}}
     return predict, {"method": "GET", "url": "/health/live"}
 
 
-async def run_attacks(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+async def run_attacks(server: Target, args: argparse.Namespace) -> dict[str, Any]:
     host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
     predict, live = normal_requests()
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -239,7 +276,7 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> dict[str, Any
                 await asyncio.sleep(0.05)
                 peak = max(peak, server.rss_kib())
     open_at_most = {name: 0 for name in stats}
-    sockets_at_most = open_sockets(server.process.pid)
+    sockets_at_most = open_sockets(server.pid)
     # The normal client starts once every attack connection is under way: its figures are those of
     # a service under attack, not of one taking a burst of new connections.
     probes = [
@@ -250,7 +287,7 @@ async def run_attacks(server: Server, args: argparse.Namespace) -> dict[str, Any
     while time.monotonic() < started + args.duration_s:
         await asyncio.sleep(0.2)
         peak = max(peak, server.rss_kib())
-        sockets_at_most = max(sockets_at_most, open_sockets(server.process.pid))
+        sockets_at_most = max(sockets_at_most, open_sockets(server.pid))
         for name, attack_stats in stats.items():
             open_at_most[name] = max(open_at_most[name], attack_stats.open_now)
     open_at_end = {name: attack_stats.open_now for name, attack_stats in stats.items()}
@@ -306,17 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_open_file_limit()
     env = dict(item.split("=", 1) for item in args.env)
-    server = launch(env, launcher=args.server == "serve")
+    process, target = start_server(args.server == "serve", env)
     try:
-        wait_ready(server, timeout_s=120)
-        summary = asyncio.run(run_attacks(server, args))
+        summary = asyncio.run(run_attacks(target, args))
     finally:
-        server.process.terminate()
+        process.terminate()
         try:
-            exit_code = server.process.wait(timeout=60)
+            exit_code = process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            server.process.kill()
-            exit_code = server.process.wait()
+            process.kill()
+            exit_code = process.wait()
     summary["server_exit_code"] = exit_code
     print(json.dumps(summary, indent=1))
     return 0

@@ -185,7 +185,7 @@ class Guard:
         victim = self.longest_waiting(exclude=protocol)
         if victim is not None:
             self.shed["displaced"] += 1
-            victim.close(TIMED_OUT if victim.phase() == HEADERS and victim.received else b"")
+            victim.close(TIMED_OUT if victim.phase() == HEADERS and victim.partial_headers() else b"")
             return ADMITTED
         self.shed["refused"] += 1
         return DROPPED if count > self.limits.max_connections * 9 // 8 + 16 else REFUSED
@@ -203,9 +203,11 @@ class Guard:
                 continue
             phase = protocol.phase()
             if phase == HEADERS or (phase == BODY and protocol.stalled_for_a_sweep) or protocol in self.held:
-                if protocol.phase_since < settled:
+                # A phase the sweep has not seen yet began just now (a response just finished, say).
+                since = protocol.phase_since if (phase, protocol.requests) == protocol.seen else now
+                if since < settled:
                     return protocol
-                first_wait = min(first_wait, protocol.phase_since)
+                first_wait = min(first_wait, since)
         self.no_victim_before = first_wait + SWEEP_INTERVAL_S
         return None
 
@@ -394,7 +396,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if phase == HEADERS:
             if now - self.phase_since > self.limits.header_timeout_s:
                 self.guard.shed["header_timeout"] += 1
-                self.close(TIMED_OUT if self.received > self.headers_from else b"")
+                self.close(TIMED_OUT if self.partial_headers() else b"")
             return
         min_rate = self.limits.body_min_rate_bytes_s
         swept_bytes, self.last_sweep_bytes = self.last_sweep_bytes, self.body_bytes
@@ -415,6 +417,10 @@ class GuardedProtocol(HttpToolsProtocol):
             self.close(b"")
         elif elapsed >= self.limits.body_timeout_s:
             self.window_start, self.window_bytes = now, self.body_bytes
+
+    def partial_headers(self) -> bool:
+        """Whether part of a request has come (then a 408 says why it is closed; an idle one just closes)."""
+        return self.received > self.headers_from
 
     def header_size(self) -> int:
         """The size of the header section just parsed, give or take its line ends."""

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from app.runtime.launcher import GRACEFUL_SHUTDOWN_S, parse_args
+from bench.slow_clients import Target, raise_open_file_limit, run_attacks
 from bench.slow_clients import parse_args as attack_args
-from bench.slow_clients import raise_open_file_limit, run_attacks
 from tests.serving import Server, running
 
 HEADER_LIMIT = 64 * 1024  # the default
@@ -64,7 +64,7 @@ def exchange(server: Server, request: bytes) -> bytes:
 
 
 def attack(server: Server, *argv: str) -> dict[str, Any]:
-    summary = asyncio.run(run_attacks(server, attack_args(list(argv))))
+    summary = asyncio.run(run_attacks(Target(server.url, server.process.pid), attack_args(list(argv))))
     print(json.dumps(summary))
     return summary
 
@@ -126,8 +126,9 @@ def test_slow_header_connections_are_closed_while_a_normal_client_is_answered(gu
     assert slow["opened"] == 600
     assert slow["closed_by_server"] == 600
     assert set(slow["answers"]) <= {"408", "503"}  # or closed before their request line came
-    # The cap, the eighth more answered 503, the listening socket and the normal client's:
-    assert summary["server_sockets_at_most"] <= 200 * 9 // 8 + 16 + 4
+    # The cap and the eighth more answered 503, with room for sockets closed but not yet released
+    # (and the listening one, the normal client's): far from the 600 plain uvicorn keeps.
+    assert summary["server_sockets_at_most"] <= 200 * 9 // 8 + 16 + 64
     assert slow["open_at_end"] == 0
     assert_normal_client_served(summary)
     assert summary["rss_growth_mib"] < 100
