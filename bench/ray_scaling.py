@@ -12,8 +12,10 @@ scaling efficiency (req/s at N over N × req/s at 1) and Ray's share of the stan
 
     python -m bench.ray_scaling                                  # CPU replicas, 1 2 4 8, 3 rounds
     python -m bench.ray_scaling --kinds cpu gpu --concurrency 128   # the GPU host (bench/gpu/ray.sh)
+    python -m bench.ray_scaling --plot bench/results/…-ray-scaling.json   # the plot again
 
-Needs the ray extra and wrk. Writes bench/results/<stamp>-<host>-ray-scaling.json.
+Needs the ray extra and wrk. Writes bench/results/<stamp>-<host>-ray-scaling.json, and its plot beside it
+as .png where matplotlib is installed (the bench extra).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import argparse
+import json
 import socket
 import statistics
 import time
@@ -66,6 +69,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--env", nargs="*", default=[], help="GLIMPSE_*=value settings for both sides")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
+    parser.add_argument(
+        "--plot", type=Path, metavar="RESULT", help="only plot RESULT.json (beside it, as .png), then exit"
+    )
     return parser.parse_args()
 
 
@@ -160,10 +166,50 @@ def table(kind: str, summary: dict[int, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """req/s (with the linear ideal from 1 replica) and p99 against the replica or worker count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for kind, data in result["kinds"].items():
+        summary = {int(count): sides for count, sides in data["summary"].items()}
+        counts = sorted(summary)
+        for side, style in (("ray", "-"), ("standalone", "--")):
+            label = f"{kind}: {'Ray Serve replicas' if side == 'ray' else 'app.serve workers'}"
+            rps = [summary[n][side]["requests_per_s"] for n in counts]
+            throughput.plot(counts, rps, style, marker="o", label=label)
+            latency.plot(counts, [summary[n][side]["p99_ms"] for n in counts], style, marker="o", label=label)
+        base = summary[counts[0]]["ray"]["requests_per_s"] / counts[0]
+        throughput.plot(counts, [base * n for n in counts], ":", color="grey", label=f"{kind}: Ray, linear")
+    counts = sorted({int(n) for data in result["kinds"].values() for n in data["summary"]})
+    for axis, title in ((throughput, "requests/s"), (latency, "p99 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(counts, [str(n) for n in counts])
+        axis.set_xlabel("replicas (Ray) or workers (standalone)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    throughput.legend(fontsize=7)
+    machine = result["machine"]
+    figure.suptitle(
+        f"{machine.get('cpu_model', '')} ({machine['cpus']} cores) {machine.get('gpu', '')}", fontsize=9
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"wrote {path}", flush=True)
+
+
 def main() -> None:
     args = parse_args()
+    if args.plot:
+        plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+        return
     extra = dict(pair.split("=", 1) for pair in args.env)
     result: dict[str, Any] = {**result_header("bench.ray_scaling"), "ray": ray.__version__, "kinds": {}}
+    # Serve's feature flags (RAY_SERVE_ENABLE_HA_PROXY=1, …) set around the command reach Ray's processes.
+    result["ray_serve_env"] = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
     result["machine"] = machine()
     ray.init(
         num_cpus=len(os.sched_getaffinity(0)),
@@ -197,7 +243,11 @@ def main() -> None:
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
-    write_result(args.out, "ray-scaling", result)
+    path = write_result(args.out, "ray-scaling", result)
+    try:
+        plot(result, path.with_suffix(".png"))
+    except ImportError:  # matplotlib is in the bench extra, which the GPU host's wheels leave out
+        print(f"no matplotlib here: plot later with python -m bench.ray_scaling --plot {path}")
 
 
 if __name__ == "__main__":
