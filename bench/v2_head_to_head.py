@@ -29,7 +29,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.run import BENCH, ROOT, glimpse_server, result_header, settings, wait_ready, write_result, wrk
+from bench.run import (
+    BENCH,
+    ROOT,
+    glimpse_server,
+    process_tree,
+    result_header,
+    settings,
+    wait_ready,
+    write_result,
+    wrk,
+)
 
 GLIMPSE_PORT, TRITON_PORT = 8440, 8450
 TRITON_VENV = Path(os.environ.get("GLIMPSE_TRITON_VENV", BENCH / ".venv-triton"))
@@ -100,6 +110,7 @@ def triton_server(variant: dict[str, str], port: int, device: str) -> Iterator[d
         yield {
             "command": " ".join(command),
             "config": config,
+            "pid": process.pid,
             "ready_s": ready_s,
             "url": f"http://127.0.0.1:{port}/v2/models/{name}/infer",
         }
@@ -117,6 +128,18 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants (Triton's stubs, Glimpse's workers)."""
+    ticks = 0
+    for process in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def v2_wrk(
@@ -162,10 +185,20 @@ def main() -> None:
         if args.skip_predict:
             del urls["glimpse-predict"]
 
+        pids = {"glimpse-v2": glimpse["pid"], "triton": triton["pid"], "glimpse-predict": glimpse["pid"]}
+
         def load(server: str, connections: int, seconds: int) -> dict[str, Any]:
+            """One wrk run, with the server's CPU time per request: on a shared VM that moves far less
+            than requests/s does."""
+            before = cpu_seconds(pids[server])
             if server == "glimpse-predict":
-                return wrk(urls[server], connections, seconds, args.wrk_threads, image)
-            return v2_wrk(urls[server], connections, seconds, args.wrk_threads, body, header_length)
+                run = wrk(urls[server], connections, seconds, args.wrk_threads, image)
+            else:
+                run = v2_wrk(urls[server], connections, seconds, args.wrk_threads, body, header_length)
+            run["cpu_ms_per_request"] = (
+                1000 * (cpu_seconds(pids[server]) - before) / max(run["raw"]["requests"], 1)
+            )
+            return run
 
         result["glimpse"] = {k: glimpse[k] for k in ("command", "env", "ready_s", "rss_mib_after_ready")}
         result["triton"] = {k: triton[k] for k in ("command", "config", "ready_s")}
@@ -206,12 +239,16 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, float]:
         if server in rounds[0]:
             figures[f"median_{server}_req_s"] = statistics.median(r[server]["requests_per_s"] for r in rounds)
             figures[f"median_{server}_p99_ms"] = statistics.median(r[server]["p99_ms"] for r in rounds)
+            figures[f"median_{server}_cpu_ms_per_request"] = statistics.median(
+                r[server].get("cpu_ms_per_request", float("nan")) for r in rounds
+            )
     return figures
 
 
 def describe(runs: dict[str, dict[str, Any]]) -> str:
     return "; ".join(
-        f"{name} {run['requests_per_s']:,.0f} req/s p99 {run['p99_ms']:.1f} ms errors {run['errors']}"
+        f"{name} {run['requests_per_s']:,.0f} req/s p99 {run['p99_ms']:.1f} ms "
+        f"CPU {run.get('cpu_ms_per_request', float('nan')):.2f} ms/request errors {run['errors']}"
         for name, run in runs.items()
     )
 
