@@ -23,6 +23,7 @@ from app.config import Settings
 from app.engine.engine import EngineConfig, InferenceEngine
 from app.engine.forward import MapRequest, Prediction
 from app.pipeline import answers
+from app.pipeline.answers import Domain
 from app.pipeline.imaging import DecodedImage, convert_image, open_image
 from app.pipeline.query import Query
 from app.runtime.device import Precision, choose_amp_dtype
@@ -31,6 +32,9 @@ from models.attention_net import AttentionNet, upsample_to_input
 from models.checkpoint import DEFAULT_MODEL_DIR, ModelCard, Preprocessing, load_model
 from models.maps import scale_peaks_to_255
 from models.preprocessing import normalize_pixels
+
+
+IN_DOMAIN = Domain(True, 1.0)  # the answers' verdict; the forward pass scores it (forward_batch)
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,14 @@ class InProcess:
 
     def prediction(self, prediction: Prediction) -> dict[str, Any]:
         model = {"name": self.card.name, "version": self.card.version}
-        return answers.prediction(model, self.card.labels, prediction)
+        return answers.prediction(model, self.card.labels, prediction, IN_DOMAIN)
 
     def render_map(self, decoded: DecodedImage, prediction: Prediction) -> dict[str, Any]:
         model = {"name": self.card.name, "version": self.card.version}
         stride = self.card.config.feature_stride
-        return answers.attention_map(model, self.card.labels, stride, Query(), decoded, prediction)
+        return answers.attention_map(
+            model, self.card.labels, stride, Query(), decoded, prediction, IN_DOMAIN
+        )
 
 
 def ceiling(predictor: InProcess, data: bytes, batch: int, seconds: float, attention: bool) -> float:
@@ -161,7 +167,7 @@ def map_cost(
 def _as_prediction(grid: torch.Tensor, heat: Any) -> Any:
     from app.engine.forward import Prediction
 
-    return Prediction([0], [1.0], 0, grid, heat)
+    return Prediction([0], [1.0], target=0, grid=grid, heat=heat)
 
 
 def _per_image(function: Any, batch: int, seconds: float) -> float:
