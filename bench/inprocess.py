@@ -33,7 +33,6 @@ from models.checkpoint import DEFAULT_MODEL_DIR, ModelCard, Preprocessing, load_
 from models.maps import scale_peaks_to_255
 from models.preprocessing import normalize_pixels
 
-
 IN_DOMAIN = Domain(True, 1.0)  # the answers' verdict; the forward pass scores it (forward_batch)
 
 
@@ -51,9 +50,7 @@ class InProcess:
     def render_map(self, decoded: DecodedImage, prediction: Prediction) -> dict[str, Any]:
         model = {"name": self.card.name, "version": self.card.version}
         stride = self.card.config.feature_stride
-        return answers.attention_map(
-            model, self.card.labels, stride, Query(), decoded, prediction, IN_DOMAIN
-        )
+        return answers.attention_map(model, self.card.labels, stride, Query(), decoded, prediction, IN_DOMAIN)
 
 
 def ceiling(predictor: InProcess, data: bytes, batch: int, seconds: float, attention: bool) -> float:
