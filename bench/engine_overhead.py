@@ -4,10 +4,12 @@ Clients on one event loop each send a 60×60 canvas (``bench/canvas60.png``) thr
 predictor does (admit by the declared pixels, then predict) and wait for the answer. Prints one JSON
 line per configuration: requests per second and the process's CPU time per request (user + system,
 all threads), the best of ``--rounds`` rounds. ``--inline-max-ms`` > 0 lets short passes run on the
-event loop, as a worker with one core to itself does. ``--scaling`` instead compares the warm-up's
+event loop, as a worker with one core to itself does; ``--tiny`` swaps in a tiny random model, so that
+the engine's own cost is not lost in the forward pass's. ``--scaling`` instead compares the warm-up's
 cost estimate (seconds per pixel of a full batch of 60×60 images) with single images of 256² to 2048².
 
-    python -m bench.engine_overhead --requests 1600 --rounds 3
+    python -m bench.engine_overhead --tiny --requests 1600 --rounds 3
+    python -m bench.engine_overhead --scaling
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from app.config import Settings
 from app.engine.engine import EngineConfig, InferenceEngine
 from app.engine.forward import ForwardWork
 from app.runtime.metrics import Metrics
+from models.attention_net import AttentionNet, AttentionNetConfig
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 from models.preprocessing import to_pixels
 
@@ -38,8 +41,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def measure(concurrency: int, requests: int, rounds: int, inline_max_s: float) -> dict[str, float]:
+async def measure(
+    concurrency: int, requests: int, rounds: int, inline_max_s: float, tiny: bool
+) -> dict[str, float]:
     model, card = load_model(DEFAULT_MODEL_DIR)
+    if tiny:  # the engine's own cost stands out: two 8-channel layers instead of the bundled network
+        model = AttentionNet(AttentionNetConfig(stages=((8, 2), (8, 2)))).eval()
     config = EngineConfig.from_settings(Settings(_env_file=None), None)
     config = replace(config, batching=replace(config.batching, inline_max_seconds=inline_max_s))
     engine = InferenceEngine(
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--inline-max-ms", type=float, nargs="*", default=[0.0, 20.0])
     parser.add_argument("--scaling", action="store_true", help="check the cost estimate on large images")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the bundled one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scaling:
@@ -103,8 +111,15 @@ def main() -> None:
         return
     for concurrency in (1, 16):
         for inline_ms in args.inline_max_ms:
-            figures = asyncio.run(measure(concurrency, args.requests, args.rounds, inline_ms / 1000))
-            print(json.dumps({"concurrency": concurrency, "inline_max_ms": inline_ms, **figures}), flush=True)
+            figures = asyncio.run(
+                measure(concurrency, args.requests, args.rounds, inline_ms / 1000, args.tiny)
+            )
+            print(
+                json.dumps(
+                    {"concurrency": concurrency, "inline_max_ms": inline_ms, "tiny": args.tiny, **figures}
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
