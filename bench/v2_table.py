@@ -13,13 +13,15 @@ from pathlib import Path
 
 def rows(path: Path) -> list[str]:
     result = json.loads(path.read_text())
-    glimpse = ", ".join(f"{k}={v}" for k, v in result["glimpse"]["env"].items() if k != "GLIMPSE_DEVICE")
+    workers = result["glimpse"]["command"].split("--workers ")[1].split()[0]
+    settings = [f"{k}={v}" for k, v in result["glimpse"]["env"].items() if k != "GLIMPSE_DEVICE"]
+    glimpse = ", ".join([f"WORKERS={workers}", *settings])
     triton = ", ".join(f"{k}={v}" for k, v in result["triton"]["config"].items())
     load = result["machine"].get("load_average_at_start", [0])[0]
     lines = []
     for connections, figures in result["by_concurrency"].items():
         lines.append(
-            f"| {path.name} | {result['machine']['cpus']} CPUs, load {load:.0f} | {glimpse or 'defaults'} "
+            f"| {path.name} | {result['machine']['cpus']} CPUs, load {load:.0f} | {glimpse} "
             f"| {triton} | {connections} | {_server(figures, 'glimpse-v2')} | {_server(figures, 'triton')} "
             f"| {_server(figures, 'glimpse-predict')} | {figures['median_ratio_vs_triton']:.2f}× "
             f"| {figures.get('median_ratio_vs_predict', float('nan')):.2f}× |"
