@@ -70,8 +70,8 @@ def docs_page(browser: Browser, server: str) -> Iterator[Page]:
     page.goto(f"{server}/docs")
     page.get_by_role("button", name="Authorize").first.click()
     dialog = page.locator(".modal-ux")
-    dialog.locator("input").fill(E2E_API_KEY)
-    dialog.get_by_role("button", name="Apply credentials").click()  # the "Authorize" button
+    dialog.locator("input").first.fill(E2E_API_KEY)  # X-API-Key; a bearer token is the other scheme
+    dialog.get_by_role("button", name="Apply credentials").first.click()  # its "Authorize" button
     dialog.get_by_role("button", name="Close").click()
     yield page
     page.close()

@@ -370,6 +370,10 @@ def test_two_nodes_answer_every_request_like_standalone_through_a_replica_kill(
     # Serve replaces the killed replica on the node it left, and the new one serves.
     wait_running(2, timeout_s=300)
     replaced = replicas()
+    deadline = time.monotonic() + 60  # the state API can list the new actor a moment after Serve does
+    while len(replaced) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+        replaced = replicas()
     assert victim.actor_id not in {r.actor_id for r in replaced}
     assert sorted(nodes[r.node_id] for r in replaced) == [WORKER_IP, HEAD_IP]
     after = asyncio.run(Load(url, images).send_all_once())

@@ -70,8 +70,11 @@ def attack(server: Server, *argv: str) -> dict[str, Any]:
 
 
 def assert_normal_client_served(summary: dict[str, Any]) -> None:
+    """The normal client is answered throughout. One probe may find its new connection closed: one that
+    arrives while the attack's burst fills the cap, before any attacker is old enough to be displaced
+    (docs/reliability.md, "Limits and defences"); a client's one retry is then answered."""
     for probe in ("predict", "health_live"):
-        assert summary[probe]["failures"] == {}, summary[probe]
+        assert sum(summary[probe]["failures"].values()) <= 1, summary[probe]
         assert summary[probe]["answered"] >= 1, summary[probe]
 
 
