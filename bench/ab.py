@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--endpoint", nargs="+", default=["/predict", "/attention-map"])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--glimpse", type=settings, default={}, help="WORKERS=2,GLIMPSE_SETTING=value,...")
+    parser.add_argument("--new-env", type=settings, default={}, help="K=V,... for the new server alone")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
     env = dict(args.glimpse)

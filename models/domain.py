@@ -149,6 +149,12 @@ class DomainScorer:
             score = torch.minimum(score, colour)
         return DomainVerdict(score, score >= 0.5)
 
+    def with_colour_score(self, score: float, colourful: float) -> float:
+        """:meth:`with_colour` for one image, in Python floats: the service calls it per image, where
+        making tensors of two numbers would cost more than the arithmetic."""
+        colour: float = 2.0 ** -(min(colourful / self.colourful_threshold, 16.0) ** 4)
+        return min(score, colour)
+
     def state(self) -> dict[str, Tensor]:
         return {"mean": self.mean.cpu().contiguous(), "whitening": self.whitening.cpu().contiguous()}
 

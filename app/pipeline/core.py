@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
-import torch
 from numpy.typing import NDArray
 from PIL import Image
 from starlette.types import Receive, Scope
@@ -222,13 +221,11 @@ class Pipeline:
         """Each image's verdict: the forward pass's in-domain score, lowered for a colourful upload."""
         if self.domain is None:
             return [Domain(True, 1.0) for _ in predictions]
-        verdict = self.domain.with_colour(
-            torch.tensor([p.domain_score for p in predictions]), torch.tensor([d.colourful for d in decoded])
-        )
-        return [
-            Domain(bool(flag), float(score))
-            for flag, score in zip(verdict.in_distribution.tolist(), verdict.score.tolist(), strict=True)
+        scores = [
+            self.domain.with_colour_score(p.domain_score, d.colourful)
+            for d, p in zip(decoded, predictions, strict=True)
         ]
+        return [Domain(score >= 0.5, score) for score in scores]
 
     def _open(self, image: ImageInput) -> Image.Image:
         limits = self.limits
