@@ -72,7 +72,7 @@ def docs_page(browser: Browser, server: str) -> Iterator[Page]:
     dialog = page.locator(".modal-ux")
     dialog.locator("input").first.fill(E2E_API_KEY)  # X-API-Key; a bearer token is the other scheme
     dialog.get_by_role("button", name="Apply credentials").first.click()  # its "Authorize" button
-    dialog.get_by_role("button", name="Close").click()
+    dialog.get_by_role("button", name="Close").first.click()
     yield page
     page.close()
     assert not foreign, f"the docs page loaded assets from outside the server: {foreign}"
