@@ -202,7 +202,7 @@ up_and_check --model-version "$(sed -n 's/^  "version": "\(.*\)",$/\1/p' models/
 #    two workers (app.serve as PID 1 passes SIGTERM on to both), then a graceful stop with a request in
 #    flight.
 mkdir -p "$workdir/user-model"
-cp models/default/model.safetensors "$workdir/user-model/"
+cp models/default/model.safetensors models/default/domain.safetensors "$workdir/user-model/"
 sed 's/^  "version": ".*",$/  "version": "0.0.0-user",/' models/default/card.json >"$workdir/user-model/card.json"
 chmod -R a+rX "$workdir/user-model"
 export GLIMPSE_MODEL_HOST_DIR="$workdir/user-model" GLIMPSE_MODEL_DIR=/models/user WEB_CONCURRENCY=2
