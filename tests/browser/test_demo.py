@@ -19,33 +19,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.browser.chromium import TIMEOUT_MS
 from tests.helpers import E2E_API_KEY, REPO_ROOT, png_bytes
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, FilePayload, Page, Route
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"no {CHROMIUM}: install Debian's chromium (`make browser-test` does) to run browser tests",
-    ),
-]
-
+pytestmark = pytest.mark.browser  # Chromium itself: tests/browser/conftest.py
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 
 ARTIFACTS = REPO_ROOT / "build" / "browser"
 AXE = REPO_ROOT / "tests" / "browser" / "vendor" / "axe-core" / "axe.min.js"
 EXAMPLES = {"digit42.png": "0", "digit903.png": "9"}  # the label each example is drawn as
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @contextmanager
