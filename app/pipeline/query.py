@@ -105,7 +105,7 @@ PARAMETERS: dict[str, Parameter] = {
             BOTH,
             _integer_in(1, len),
             lambda labels: f"a whole number from 1 to {len(labels)}",
-            lambda labels: {"type": "integer", "minimum": 1, "maximum": len(labels), "default": 5},
+            lambda labels: {"type": "integer", "minimum": 1, "maximum": len(labels)},
         ),
         Parameter(
             "target",
@@ -121,7 +121,7 @@ PARAMETERS: dict[str, Parameter] = {
             MAPS,
             _one_of(lambda _: MAP_KINDS),
             lambda _: f"one of {_listed(MAP_KINDS)}",
-            lambda _: {"type": "string", "enum": list(MAP_KINDS), "default": "evidence"},
+            lambda _: {"type": "string", "enum": list(MAP_KINDS)},
         ),
         Parameter(
             "overlay",
@@ -129,7 +129,7 @@ PARAMETERS: dict[str, Parameter] = {
             MAPS,
             _boolean,
             lambda _: "true or false",
-            lambda _: {"type": "boolean", "default": False},
+            lambda _: {"type": "boolean"},
         ),
         Parameter(
             "colormap",
@@ -137,7 +137,7 @@ PARAMETERS: dict[str, Parameter] = {
             MAPS,
             _one_of(lambda _: COLORMAPS),
             lambda _: f"one of {_listed(COLORMAPS)}",
-            lambda _: {"type": "string", "enum": list(COLORMAPS), "default": "turbo"},
+            lambda _: {"type": "string", "enum": list(COLORMAPS)},
         ),
         Parameter(
             "include_grid",
@@ -145,7 +145,7 @@ PARAMETERS: dict[str, Parameter] = {
             MAPS,
             _boolean,
             lambda _: "true or false",
-            lambda _: {"type": "boolean", "default": False},
+            lambda _: {"type": "boolean"},
         ),
     )
 }
@@ -193,8 +193,13 @@ def openapi_parameters(operation: Operation, labels: Sequence[str]) -> list[dict
             "in": "query",
             "required": False,
             "description": parameter.description,
-            "schema": parameter.schema(labels),
+            "schema": _with_default(parameter.schema(labels), getattr(DEFAULT_QUERY, parameter.name)),
         }
         for parameter in PARAMETERS.values()
         if operation in parameter.operations
     ]
+
+
+def _with_default(schema: dict[str, Any], default: Any) -> dict[str, Any]:
+    """The schema with the :class:`Query` default, the one place defaults are written."""
+    return schema if default is None else {**schema, "default": default}
