@@ -7,7 +7,9 @@ same way), loads it with wrk through Serve's proxy, then starts the standalone s
 on the same device and loads it the same way. Serve's controller and proxy take no CPU reservation: what
 they cost shows in Ray's figures, as it would in production. Ray
 and standalone alternate in every round, the order flipped each round, so that both see the same
-stretches of the machine. It prints and writes req/s and p99 per count (median over rounds), the
+stretches of the machine. Requests reach the replicas through Serve's HAProxy ingress
+(``--ingress haproxy``, the default, as docs/deploy-ray.md recommends) or through Serve's Python HTTP
+proxy actor (``--ingress proxy``). It prints and writes req/s and p99 per count (median over rounds), the
 scaling efficiency (req/s at N over N × req/s at 1) and Ray's share of the standalone figure.
 
     python -m bench.ray_scaling                                  # CPU replicas, 1 2 4 8, 3 rounds
@@ -28,6 +30,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import argparse
 import json
+import resource
 import socket
 import statistics
 import time
@@ -67,6 +70,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--max-ongoing-requests", type=int, default=64, help="Serve's per-replica limit (the Serve config's)"
     )
+    parser.add_argument(
+        "--ingress",
+        choices=["haproxy", "proxy"],
+        default="haproxy",
+        help="Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) or its Python proxy actor",
+    )
     parser.add_argument("--env", nargs="*", default=[], help="GLIMPSE_*=value settings for both sides")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     parser.add_argument(
@@ -92,7 +101,11 @@ def deploy(replicas: int, options: dict[str, Any], max_ongoing: int) -> float:
     """``replicas`` Glimpse replicas on the running Serve instance; returns the seconds to ready."""
     started = time.perf_counter()
     application = Glimpse.options(
-        num_replicas=replicas, ray_actor_options=options, max_ongoing_requests=max_ongoing
+        num_replicas=replicas,
+        ray_actor_options=options,
+        max_ongoing_requests=max_ongoing,
+        # As the standalone side runs (--log-level warning): no line per request.
+        logging_config={"log_level": "WARNING", "enable_access_log": False},
     ).bind()
     serve.run(application, name=APPLICATION, route_prefix="/", blocking=False)
     deadline = time.monotonic() + 600
@@ -194,11 +207,27 @@ def plot(result: dict[str, Any], path: Path) -> None:
     throughput.legend(fontsize=7)
     machine = result["machine"]
     figure.suptitle(
-        f"{machine.get('cpu_model', '')} ({machine['cpus']} cores) {machine.get('gpu', '')}", fontsize=9
+        f"{machine.get('cpu_model', '')} ({machine['cpus']} cores) {machine.get('gpu', '')}, "
+        f"Serve ingress: {result.get('ingress', 'proxy')}",
+        fontsize=9,
     )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"wrote {path}", flush=True)
+
+
+def use_haproxy_ingress() -> None:
+    """Serve's HAProxy ingress for the Ray processes this driver starts (they inherit its environment).
+
+    HAProxy wants about 2.5 descriptors per connection; its default ``maxconn`` (20,000) needs more than many
+    hosts' open-file limit, so the soft limit is raised to the hard one and ``maxconn`` fitted under it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        soft = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    os.environ.setdefault("RAY_SERVE_HAPROXY_MAXCONN", str(min(20_000, (soft - 1024) // 3)))
 
 
 def main() -> None:
@@ -206,9 +235,16 @@ def main() -> None:
     if args.plot:
         plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
         return
+    if args.ingress == "haproxy":
+        use_haproxy_ingress()
     extra = dict(pair.split("=", 1) for pair in args.env)
-    result: dict[str, Any] = {**result_header("bench.ray_scaling"), "ray": ray.__version__, "kinds": {}}
-    # Serve's feature flags (RAY_SERVE_ENABLE_HA_PROXY=1, …) set around the command reach Ray's processes.
+    result: dict[str, Any] = {
+        **result_header("bench.ray_scaling"),
+        "ray": ray.__version__,
+        "ingress": args.ingress,
+        "kinds": {},
+    }
+    # Serve's feature flags (set here for --ingress haproxy, or around the command) reach Ray's processes.
     result["ray_serve_env"] = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
     result["machine"] = machine()
     ray.init(
