@@ -1,13 +1,15 @@
 """Ray Serve scaling: Glimpse with 1, 2, 4, 8 replicas against ``python -m app.serve`` with as many workers.
 
 For each replica kind (``cpu``: CPU replicas; ``gpu``: replicas sharing one GPU through fractional
-``num_gpus``) and each count N, it deploys ``app.runtime.ray_serve`` with N replicas of ``cores // N``
-CPUs each (so that N replicas hold the cores N standalone workers share, and size their threads the
-same way), loads it with wrk through Serve's proxy, then starts the standalone service with N workers
-on the same device and loads it the same way. Serve's controller and proxy take no CPU reservation: what
-they cost shows in Ray's figures, as it would in production. Ray
-and standalone alternate in every round, the order flipped each round, so that both see the same
-stretches of the machine. Requests reach the replicas through Serve's HAProxy ingress
+``num_gpus``) and each count N, it deploys ``app.runtime.ray_serve`` with N replicas, loads it with wrk
+through Serve's ingress, then starts the standalone service with N workers on the same device and loads
+it the same way. Replicas are of one size whatever N (``--replica-size fixed``, the default): ``cores //
+max(N)`` CPUs each, 2 on a 16-core host as in the Serve configs, so that adding replicas adds capacity,
+and the standalone workers get as many threads each. ``--replica-size split`` divides the host among
+the N replicas instead (``cores // N`` CPUs each, and the standalone workers' own sizing). Serve's
+controller and ingress take no CPU reservation: what they cost shows in Ray's figures, as it would in
+production. Ray and standalone alternate in every round, the order flipped each round, so that both see
+the same stretches of the machine. Requests reach the replicas through Serve's HAProxy ingress
 (``--ingress haproxy``, the default, as docs/deploy-ray.md recommends) or through Serve's Python HTTP
 proxy actor (``--ingress proxy``). It prints and writes req/s and p99 per count (median over rounds), the
 scaling efficiency (req/s at N over N × req/s at 1) and Ray's share of the standalone figure.
@@ -65,6 +67,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="wrk connections")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--wrk-threads", type=int, default=4)
+    parser.add_argument(
+        "--replica-size",
+        choices=["fixed", "split"],
+        default="fixed",
+        help="fixed: cores // max(--replicas) CPUs per replica; split: cores // N for N replicas",
+    )
     parser.add_argument("--endpoint", default="/predict")
     parser.add_argument("--image", type=Path, default=BENCH / "canvas60.png")
     parser.add_argument(
@@ -133,8 +141,22 @@ def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     return run
 
 
+def replica_cpus(args: argparse.Namespace, replicas: int) -> int:
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores // (max(args.replicas) if args.replica_size == "fixed" else replicas))
+
+
+def sized_env(args: argparse.Namespace, replicas: int, env: dict[str, str]) -> dict[str, str]:
+    """``env`` for both sides; with fixed-size replicas, the threads of one replica for every worker."""
+    if args.replica_size == "split":
+        return env
+    threads = str(replica_cpus(args, replicas))
+    return {"GLIMPSE_TORCH_THREADS": threads, "GLIMPSE_DECODE_THREADS": threads} | env
+
+
 def ray_side(args: argparse.Namespace, kind: str, replicas: int, env: dict[str, str]) -> dict[str, Any]:
-    cpus = max(1, len(os.sched_getaffinity(0)) // replicas)
+    cpus = replica_cpus(args, replicas)
+    env = sized_env(args, replicas, env)
     gpu_share = 1 / max(args.replicas) if kind == "gpu" else 0.0  # every count fits on one GPU
     # The settings reach the replicas as the Serve config's env_vars do: the runtime environment.
     options: dict[str, Any] = {"num_cpus": cpus, "runtime_env": {"env_vars": env}}
@@ -149,7 +171,7 @@ def ray_side(args: argparse.Namespace, kind: str, replicas: int, env: dict[str, 
 
 
 def standalone_side(args: argparse.Namespace, workers: int, env: dict[str, str]) -> dict[str, Any]:
-    with glimpse_server(env, STANDALONE_PORT, workers) as server:
+    with glimpse_server(sized_env(args, workers, env), STANDALONE_PORT, workers) as server:
         run = measure("standalone", f"{server['base']}{args.endpoint}", args)
         return {"ready_s": server["ready_s"], **run}
 
@@ -208,7 +230,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     machine = result["machine"]
     figure.suptitle(
         f"{machine.get('cpu_model', '')} ({machine['cpus']} cores) {machine.get('gpu', '')}, "
-        f"Serve ingress: {result.get('ingress', 'proxy')}",
+        f"Serve ingress: {result.get('ingress', 'proxy')}, replicas: {result.get('replica_size', 'split')}",
         fontsize=9,
     )
     figure.tight_layout()
@@ -242,6 +264,7 @@ def main() -> None:
         **result_header("bench.ray_scaling"),
         "ray": ray.__version__,
         "ingress": args.ingress,
+        "replica_size": args.replica_size,
         "kinds": {},
     }
     # Serve's feature flags (set here for --ingress haproxy, or around the command) reach Ray's processes.
