@@ -47,6 +47,15 @@ def cluster_env() -> dict[str, str]:
         # would then give up on its node.
         RAY_agent_register_timeout_ms="300000",
         RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="300",  # the dashboard's modules, likewise
+        # Serve's HAProxy ingress and the app on the replica's loop, as deploy/ray/rayservice.yaml runs
+        # them; a small maxconn fits any host's open-file limit, and the side ports are chosen free.
+        RAY_SERVE_ENABLE_HA_PROXY="1",
+        RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD="0",
+        RAY_SERVE_HAPROXY_MAXCONN="256",
+        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+        RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_port()),
+        RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_port()),
     )
     return env
 
@@ -64,12 +73,12 @@ def node_ports() -> list[str]:
     return [part for option in options for part in (option, str(free_port()))]
 
 
-def start_node(arguments: list[str], log: Path, timeout_s: float) -> Node:
+def start_node(arguments: list[str], env: dict[str, str], log: Path, timeout_s: float) -> Node:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(RAY), "start", "--block", "--disable-usage-stats", *arguments],
             cwd=REPO_ROOT,
-            env=cluster_env(),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -121,6 +130,7 @@ def stop_node(node: Node) -> None:
 def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 240) -> Iterator[str]:
     """A head and a worker node, each with ``cpus_per_node`` CPUs; yields the GCS address."""
     gcs_address = f"{HEAD_IP}:{free_port()}"
+    env = cluster_env()  # one environment for both nodes: the same Serve flags and side ports
     with ExitStack() as stack:
         head = start_node(
             [
@@ -137,6 +147,7 @@ def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 
                 "--temp-dir", str(temp_dir / "head"),
                 *node_ports(),
             ],
+            env,
             temp_dir / "head.log",
             timeout_s,
         )  # fmt: skip
@@ -151,6 +162,7 @@ def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 
                 "--temp-dir", str(temp_dir / "worker"),
                 *node_ports(),
             ],
+            env,
             temp_dir / "worker.log",
             timeout_s,
         )  # fmt: skip

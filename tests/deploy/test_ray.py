@@ -98,6 +98,9 @@ def test_rayservice_deploys_the_serve_config_with_the_pinned_ray() -> None:
         assert container["image"] == "glimpse-ray:cpu"  # deploy/ray/Dockerfile
         assert container["resources"]["requests"] == container["resources"]["limits"]
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        # Every node's Ray processes run Serve's HAProxy ingress, not the Python proxy actor.
+        assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in container["env"]
+        assert {"name": "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "value": "0"} in container["env"]
     # The worker pods hold max_replicas replicas at the replicas' CPU request.
     (deployment,) = yaml.safe_load(spec["serveConfigV2"])["applications"][0]["deployments"]
     worker_cpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
@@ -310,7 +313,7 @@ def wait_running(replica_count: int, timeout_s: float) -> None:
 
 @pytest.fixture
 def serve_on_two_nodes() -> Iterator[str]:
-    """Serve on a two-node cluster, one Glimpse replica per node; yields the proxy's URL."""
+    """Serve on a two-node cluster, one Glimpse replica per node; yields the HAProxy ingress's URL."""
     port = free_port()
     # Not pytest's tmp_path: Ray's socket paths under it would pass the 107-byte limit of AF_UNIX.
     temp_dir = Path(tempfile.mkdtemp(prefix="glimpse-ray-"))
@@ -320,7 +323,9 @@ def serve_on_two_nodes() -> Iterator[str]:
         ray.init(address=gcs_address, _node_ip_address=HEAD_IP, log_to_driver=False)
         cleanup.callback(ray.shutdown)
         cleanup.callback(serve.shutdown)
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        # The replicas' own HTTP servers bind this host too, and the head's HAProxy reaches the worker
+        # node's replica at that node's address: all interfaces (the nodes' loopback addresses).
+        serve.start(proxy_location="HeadOnly", http_options={"host": "0.0.0.0", "port": port})
         # One replica per node: the placement Serve's max_replicas_per_node gives across nodes.
         application = ray_serve.Glimpse.options(
             num_replicas=2,
@@ -341,6 +346,10 @@ def test_two_nodes_answer_every_request_like_standalone_through_a_replica_kill(
     placed = replicas()
     nodes = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}  # type: ignore[no-untyped-call]
     assert sorted(nodes[r.node_id] for r in placed) == [WORKER_IP, HEAD_IP]  # one replica on each node
+    # Requests come in through Serve's HAProxy ingress, as the RayService runs it (a proxy actor stays
+    # beside it as HAProxy's fallback while no replica is routable).
+    actors = list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    assert "HAProxyManager" in {a.class_name for a in actors}
     assert httpx.get(f"{url}/health/ready", timeout=30).json() == {"status": "ready"}
     assert httpx.get(f"{url}/models", timeout=30).json()["num_classes"] == 10
 
