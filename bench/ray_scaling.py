@@ -239,16 +239,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def use_haproxy_ingress() -> None:
-    """Serve's HAProxy ingress for the Ray processes this driver starts (they inherit its environment).
+    """Serve as deploy/ray/rayservice.yaml runs it, for the Ray processes this driver starts (they
+    inherit its environment): the HAProxy ingress, and the app on each replica's own event loop.
 
-    HAProxy wants about 2.5 descriptors per connection; its default ``maxconn`` (20,000) needs more than many
-    hosts' open-file limit, so the soft limit is raised to the hard one and ``maxconn`` fitted under it.
+    HAProxy wants about 2.5 descriptors per connection; its default ``maxconn`` (20,000) needs more than
+    many hosts' open-file limit, so the soft limit is raised to the hard one and ``maxconn`` fitted under
+    it.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         soft = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
     os.environ.setdefault("RAY_SERVE_HAPROXY_MAXCONN", str(min(20_000, (soft - 1024) // 3)))
 
 
