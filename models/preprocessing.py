@@ -48,20 +48,26 @@ def has_light_border(pixels: NDArray[np.uint8]) -> bool:
     of its edge, and clutter fragments cover little of either. The ring is 4 pixels wide (less on images
     under 64 pixels a side, so it stays a ring); its channels are averaged.
 
-    It runs on every image the service decodes, so it counts instead of sorting: the median lies on the
-    side of mid-grey that more than half of the values are on, and only an exact tie takes the median.
+    It runs on every image the service decodes, so it reads only the ring, in one copy, and counts
+    instead of sorting: the median lies on the side of mid-grey that more than half of the values are
+    on, and only an exact tie takes the median. Channel sums stand for means, so the comparison stays in
+    integers (a sum above 127.5·C is one above ⌊255·C/2⌋).
     """
-    height, width = pixels.shape[:2]
+    height, width, channels = pixels.shape
     ring = max(1, min(4, min(height, width) // 16))
-    sides = (pixels[:ring], pixels[-ring:], pixels[ring:-ring, :ring], pixels[ring:-ring, -ring:])
-    if pixels.shape[2] != 1:
-        sides = tuple(side.mean(axis=2) for side in sides)
-    light = sum(int(np.count_nonzero(side > 127.5)) for side in sides)
-    count = sum(side.size // (pixels.shape[2] if side.ndim == 3 else 1) for side in sides)
-    if 2 * light != count:
-        return 2 * light > count
-    values = np.concatenate([side.reshape(-1).astype(np.float64) for side in sides])
-    return float(np.median(values)) > 127.5
+    border = np.concatenate(
+        (
+            pixels[:ring].reshape(-1, channels),
+            pixels[-ring:].reshape(-1, channels),
+            pixels[ring:-ring, :ring].reshape(-1, channels),
+            pixels[ring:-ring, -ring:].reshape(-1, channels),
+        )
+    )
+    values = border[:, 0] if channels == 1 else border.sum(axis=1, dtype=np.uint16)
+    light = int(np.count_nonzero(values > (255 * channels) // 2))
+    if 2 * light != len(values):
+        return 2 * light > len(values)
+    return float(np.median(values)) > 127.5 * channels
 
 
 def normalize_pixels(pixels: Tensor, spec: Preprocessing, device: torch.device | None = None) -> Tensor:
