@@ -67,7 +67,7 @@ def has_light_border(pixels: NDArray[np.uint8]) -> bool:
     light = int(np.count_nonzero(values > (255 * channels) // 2))
     if 2 * light != len(values):
         return 2 * light > len(values)
-    return float(np.median(values)) > 127.5 * channels
+    return bool(np.median(values) > 127.5 * channels)
 
 
 def normalize_pixels(pixels: Tensor, spec: Preprocessing, device: torch.device | None = None) -> Tensor:

@@ -52,7 +52,7 @@ def verdicts(
     for image in images:
         x = normalize_pixels(to_pixels(image, card.preprocessing).unsqueeze(0), card.preprocessing)
         colourful = torch.tensor([colourful_fraction(image)])
-        verdict = scorer.score(model(x), x, colourful=colourful)
+        verdict = scorer.score(model(x), colourful=colourful)
         results.append((float(verdict.score[0]), bool(verdict.in_distribution[0])))
     return results
 
@@ -107,7 +107,7 @@ def test_padded_batches_score_as_single_images(bundled: tuple[AttentionNet, Mode
         x[i, :, :, p.shape[1] :] = 0
     sizes = torch.tensor([list(p.shape[:2]) for p in pixels])
     with torch.inference_mode():
-        together = scorer.score(model(x, sizes), x, sizes).score
+        together = scorer.score(model(x, sizes), sizes).score
     alone = torch.tensor([score for score, _ in verdicts(bundled, images)])
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-3)
 
@@ -119,15 +119,36 @@ def test_score_is_one_half_at_the_threshold(bundled: tuple[AttentionNet, ModelCa
     )
     with torch.inference_mode():
         output = model(x)
-        features = scorer.features(output, x)
-        distance = float(scorer.distance(features)[0])
-        at_threshold = DomainScorer(scorer.mean, scorer.whitening, distance, 0.25, card.preprocessing)
-        verdict = at_threshold.score(output, x)
+        features = scorer.features(output)
+        distance = float(scorer.distance(features, output.logits.argmax(1))[0])
+        at_threshold = DomainScorer(scorer.class_means, scorer.whitening, distance, 0.25)
+        verdict = at_threshold.score(output)
     assert isinstance(verdict, DomainVerdict)
     assert abs(float(verdict.score[0]) - 0.5) < 1e-4
     assert bool(verdict.in_distribution[0])
-    colourful = at_threshold.score(output, x, colourful=torch.tensor([0.5]))
+    colourful = at_threshold.score(output, colourful=torch.tensor([0.5]))
     assert not bool(colourful.in_distribution[0])  # colour alone can flag an image
+
+
+def test_the_distance_is_to_the_predicted_class(
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer],
+) -> None:
+    """Lee et al.'s class-conditional distance: the whitened distance to the mean of the class the model
+    predicts, the class mean most canvases are nearest to."""
+    model, card, scorer = bundled
+    images = canvas_images(60, 8)
+    x = torch.cat(
+        [normalize_pixels(to_pixels(i, card.preprocessing).unsqueeze(0), card.preprocessing) for i in images]
+    )
+    with torch.inference_mode():
+        output = model(x)
+        features = scorer.features(output)
+        predicted = output.logits.argmax(1)
+        distance = scorer.distance(features, predicted)
+        difference = features[:, None, :] - scorer.class_means[None]  # (B, K, D)
+        by_hand = (difference @ scorer.whitening.T).square().mean(2).sqrt()  # (B, K)
+    torch.testing.assert_close(distance, by_hand.gather(1, predicted[:, None])[:, 0], rtol=1e-4, atol=1e-4)
+    assert bool((by_hand.argmin(1) == predicted).float().mean() >= 0.75)
 
 
 def test_colourful_fraction() -> None:
