@@ -87,8 +87,9 @@ def main() -> None:
     for name, us in host.items():
         print(f"{name}: {us:.1f} us")
     print(f"colourful_fraction, 640x427 RGB photo: {host_us(partial(colourful_fraction, photo)):.1f} us")
-    total = per_image_us[1, 60, 8] + sum(host.values())
-    print(f"per 60x60 canvas at batch 8, one thread: {total:.1f} us (score {per_image_us[1, 60, 8]:.1f} + host)")
+    score_us = per_image_us[1, 60, 8]
+    total = score_us + sum(host.values())
+    print(f"per 60x60 canvas at batch 8, one thread: {total:.1f} us (score {score_us:.1f} + host)")
 
 
 if __name__ == "__main__":
