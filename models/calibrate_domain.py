@@ -69,7 +69,8 @@ class Measure:
 
     def _features(self, x: Tensor) -> Features:
         output = self.model(x)
-        return DomainScorer.features(output), output.logits.argmax(1)
+        probability, classes = torch.softmax(output.logits, 1).max(1)
+        return DomainScorer.features(output, None, probability), classes
 
     @torch.inference_mode()
     def canvas_features(self, canvases: Tensor) -> Features:

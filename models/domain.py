@@ -11,7 +11,7 @@ computed (D = C + 3 + 2·C₁ values):
   digit, clutter and background together,
 * the attention map's normalised entropy, and the largest logit and the logits' log-sum-exp (the
   energy of Liu et al. 2020), which tell how firmly the head answers,
-* the square roots of the mean and of the standard deviation over the image of each channel of the
+* the square roots of the mean and of the root mean square over the image of each channel of the
   first backbone layer on the feature grid (:attr:`AttentionOutput.grid_features`, 2·C₁ values):
   local stroke statistics, such as width, sharpness and density, in which typeset glyphs and drawings
   differ from handwritten digits. The roots make these skewed, non-negative statistics closer to
@@ -100,42 +100,55 @@ class DomainScorer:
         return self
 
     @staticmethod
-    def features(output: AttentionOutput, input_size: Tensor | None = None) -> Tensor:
+    def features(
+        output: AttentionOutput, input_size: Tensor | None = None, top_probability: Tensor | None = None
+    ) -> Tensor:
         """The (B, D) float32 statistics that the distance is taken over; see the module docstring.
+
+        About fifteen tensor operations, each over the whole batch, picked for speed on the CPU as
+        ``python -m bench.domain_cost`` measures them (a norm or ``var_mean`` over a channels-last map is
+        several times slower than squaring and averaging).
 
         Args:
             output: The forward pass of the batch.
             input_size: Whether the batch is padded: each image's valid (height, width), (B, 2), or None.
                 The statistics of a padded image are those of the image alone (the model leaves its
                 features zero beyond the valid grid, and the sums are divided by its own grid cells).
+            top_probability: Each image's highest softmax probability, (B,), when the caller has it (the
+                engine ranks the classes anyway); computed here otherwise.
         """
-        features, grid_features, attention = output.features, output.grid_features, output.attention
-        if input_size is None:
-            cells_count = attention.shape[-2] * attention.shape[-1]
-            average = features.mean((2, 3), dtype=torch.float32)
-            grid_mean = grid_features.mean((2, 3), dtype=torch.float32)
-            grid_square = _sum_of_squares(grid_features).div_(cells_count)
-            log_cells: Tensor | float = max(math.log(cells_count), 1.0)
-        else:
-            cells = output.valid_size.prod(1).clamp(min=1).float()[:, None]
-            average = features.sum((2, 3), dtype=torch.float32) / cells
-            grid_mean = grid_features.sum((2, 3), dtype=torch.float32) / cells
-            grid_square = _sum_of_squares(grid_features) / cells
-            log_cells = cells[:, 0].log().clamp(min=1.0)
-        entropy = torch.special.xlogy(attention, attention).sum((1, 2)).div_(log_cells).neg_()
-        logits = output.logits.float()
-        variance = (grid_square - grid_mean.square()).clamp_(min=0)
-        return torch.cat(
+        grid_features = output.grid_features.float()
+        # Sums now, divided by each image's grid cells in one operation below.
+        moments = torch.cat(
             [
-                average,
-                entropy[:, None],
-                logits.amax(1, keepdim=True),
-                torch.logsumexp(logits, 1, keepdim=True),
-                grid_mean.sqrt(),
-                variance.pow_(0.25),
+                output.features.float().sum((2, 3)),
+                grid_features.sum((2, 3)),
+                (grid_features * grid_features).sum((2, 3)),
             ],
             dim=1,
         )
+        attention = output.attention
+        if input_size is None:
+            cells = attention.shape[-2] * attention.shape[-1]
+            moments.mul_(1.0 / cells)
+            entropy_scale: Tensor | float = -1.0 / max(math.log(cells), 1.0)
+        else:
+            valid_cells = output.valid_size.prod(1, keepdim=True).clamp(min=1).float()
+            moments.div_(valid_cells)
+            entropy_scale = -1.0 / valid_cells[:, 0].log().clamp(min=1.0)
+        channels, grid_channels = output.features.shape[1], grid_features.shape[1]
+        grid_mean = moments[:, channels : channels + grid_channels]
+        grid_square = moments[:, channels + grid_channels :]
+        grid_mean.sqrt_()
+        grid_square.pow_(0.25)  # the root of the root mean square
+        entropy = torch.special.xlogy(attention, attention).sum((1, 2)).mul_(entropy_scale)
+        logits = output.logits.float()
+        if top_probability is None:
+            top_probability = torch.softmax(logits, 1).amax(1)
+        top = logits.amax(1, keepdim=True)
+        # The energy log Σ exp(logit) is the top logit less the log of its softmax probability (≥ 1/K).
+        energy = top - top_probability[:, None].log()
+        return torch.cat([moments, entropy[:, None], top, energy], dim=1)
 
     def distance(self, features: Tensor, classes: Tensor) -> Tensor:
         """Mahalanobis distance per dimension of (B, D) features to their classes' means, (B,).
@@ -144,7 +157,9 @@ class DomainScorer:
             features: As :meth:`features` gives them.
             classes: The predicted class of each image, (B,).
         """
-        whitened = torch.addmm(self._whitened_means[classes], features, self._whitening_t, alpha=1, beta=-1)
+        whitened = torch.addmm(
+            self._whitened_means.index_select(0, classes), features, self._whitening_t, beta=-1
+        )
         norms: Tensor = torch.linalg.vector_norm(whitened, dim=1)
         return norms.div_(math.sqrt(features.shape[1]))
 
@@ -159,15 +174,34 @@ class DomainScorer:
         """
         return self.with_colour(self.output_score(output, input_size), colourful)
 
-    def output_score(self, output: AttentionOutput, input_size: Tensor | None = None) -> Tensor:
-        """The score of a forward pass alone, before colour, (B,): what the engine computes per batch."""
-        return self.feature_score(self.features(output, input_size), output.logits.argmax(1))
+    def output_score(
+        self,
+        output: AttentionOutput,
+        input_size: Tensor | None = None,
+        top: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """The score of a forward pass alone, before colour, (B,): what the engine computes per batch.
+
+        Args:
+            output, input_size: As :meth:`features`.
+            top: Each image's highest softmax probability and its class, (B,) each, when the caller has
+                ranked the classes already; computed here otherwise.
+        """
+        if top is None:
+            top = torch.softmax(output.logits.float(), 1).max(1)
+        probability, classes = top
+        return self.feature_score(self.features(output, input_size, probability), classes)
 
     def feature_score(self, features: Tensor, classes: Tensor) -> Tensor:
         """The score of (B, D) features of images of the given predicted classes alone, (B,)."""
-        distance = self.distance(features, classes)
-        # 2^-(d/t)^4 in three operations; a distance too large to raise to the 4th gives inf, then 0.
-        return torch.exp2(distance.pow_(4).mul_(-(self.threshold**-4)))
+        whitened = torch.addmm(
+            self._whitened_means.index_select(0, classes), features, self._whitening_t, beta=-1
+        )
+        norm: Tensor = torch.linalg.vector_norm(whitened, dim=1)
+        # 2^-(d/t)^4 with d = ‖·‖/√D in three operations; a norm too large for its 4th power gives inf,
+        # then a score of 0.
+        scale = -((math.sqrt(features.shape[1]) * self.threshold) ** -4)
+        return torch.exp2(norm.pow_(4).mul_(scale))
 
     def with_colour(self, score: Tensor, colourful: Tensor | None) -> DomainVerdict:
         """Combine feature scores (B,) with each image's :func:`colourful_fraction` (B,) into verdicts.

@@ -151,6 +151,24 @@ def test_the_distance_is_to_the_predicted_class(
     assert bool((by_hand.argmin(1) == predicted).float().mean() >= 0.75)
 
 
+def test_the_engine_s_ranking_gives_the_same_score(
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer],
+) -> None:
+    """The engine hands the scorer the top probability and class it has ranked; the score is the one the
+    scorer computes on its own."""
+    model, card, scorer = bundled
+    images = canvas_images(60, 4)
+    x = torch.cat(
+        [normalize_pixels(to_pixels(i, card.preprocessing).unsqueeze(0), card.preprocessing) for i in images]
+    )
+    with torch.inference_mode():
+        output = model(x)
+        ranked = torch.softmax(output.logits, 1).sort(1, descending=True, stable=True)
+        given = scorer.output_score(output, None, (ranked.values[:, 0], ranked.indices[:, 0]))
+        alone = scorer.output_score(output)
+    torch.testing.assert_close(given, alone)
+
+
 def test_colourful_fraction() -> None:
     assert colourful_fraction(Image.new("L", (80, 80), 200)) == 0.0
     assert colourful_fraction(Image.new("RGB", (80, 80), (120, 120, 125))) == 0.0
