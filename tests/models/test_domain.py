@@ -163,7 +163,7 @@ def test_the_engine_s_ranking_gives_the_same_score(
     )
     with torch.inference_mode():
         output = model(x)
-        ranked = torch.softmax(output.logits, 1).sort(1, descending=True, stable=True)
+        ranked = torch.softmax(output.logits, 1).sort(dim=1, descending=True, stable=True)
         given = scorer.output_score(output, None, (ranked.values[:, 0], ranked.indices[:, 0]))
         alone = scorer.output_score(output)
     torch.testing.assert_close(given, alone)
