@@ -25,7 +25,7 @@ The Gaussians are fitted to training-split canvases, the class of each being the
 as in serving. The distance d is per dimension, so it reads the same for any feature width; the
 threshold t is a high quantile of d over validation canvases, never the test split
 (``python -m models.calibrate_domain``). The score is ``2 ** -((d / t) ** 4)``: about 1 for a typical
-canvas, exactly 0.5 at the threshold, near 0 far beyond it. A second, cheaper piece of evidence is
+canvas, 0.5 at the threshold, near 0 far beyond it. A second, cheaper piece of evidence is
 colour, which the grayscale conversion discards: the share of an upload's pixels with strong chroma
 (:func:`colourful_fraction`, measured on the decoded image before conversion) gives a score of the same
 form against its own threshold, and an image's score is the lower of the two.

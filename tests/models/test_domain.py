@@ -123,10 +123,14 @@ def test_score_is_one_half_at_the_threshold(bundled: tuple[AttentionNet, ModelCa
         distance = float(scorer.distance(features, output.logits.argmax(1))[0])
         at_threshold = DomainScorer(scorer.class_means, scorer.whitening, distance, 0.25)
         verdict = at_threshold.score(output)
+        inside = DomainScorer(scorer.class_means, scorer.whitening, distance * 1.001, 0.25)
+        just_inside = inside.score(output)
+        just_beyond = DomainScorer(scorer.class_means, scorer.whitening, distance * 0.999, 0.25).score(output)
+        colourful = inside.score(output, colourful=torch.tensor([0.5]))
     assert isinstance(verdict, DomainVerdict)
     assert abs(float(verdict.score[0]) - 0.5) < 1e-4
-    assert bool(verdict.in_distribution[0])
-    colourful = at_threshold.score(output, colourful=torch.tensor([0.5]))
+    assert bool(just_inside.in_distribution[0])
+    assert not bool(just_beyond.in_distribution[0])
     assert not bool(colourful.in_distribution[0])  # colour alone can flag an image
 
 
