@@ -31,6 +31,7 @@ from models.domain import (
 )
 from models.evaluate import jpeg, polarity_variants
 from models.outliers import DEVELOPMENT_FAMILIES, HELD_OUT_FAMILIES, render
+from models.outliers_evaluation import EVALUATION_FAMILIES
 from models.preprocessing import normalize_pixels, to_pixels
 
 
@@ -79,10 +80,16 @@ def test_canvases_pass_in_every_form_users_send(
 
 
 def test_everyday_images_are_flagged(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
-    families = {**render(DEVELOPMENT_FAMILIES, 4, seed=99), **render(HELD_OUT_FAMILIES, 4, seed=98)}
+    """The issue's target, 95 % of out-of-domain images flagged, on images of all three groups drawn with
+    seeds of their own (72 images: at most three may pass)."""
+    families = {
+        **render(DEVELOPMENT_FAMILIES, 4, seed=99),
+        **render(HELD_OUT_FAMILIES, 4, seed=98),
+        **render(EVALUATION_FAMILIES, 4, seed=97),
+    }
     flagged = {name: [not ok for _, ok in verdicts(bundled, images)] for name, images in families.items()}
     everything = [flag for flags in flagged.values() for flag in flags]
-    assert np.mean(everything) >= 0.9, {name: sum(flags) for name, flags in flagged.items()}
+    assert np.mean(everything) >= 0.95, {name: sum(flags) for name, flags in flagged.items()}
 
 
 def test_a_photo_is_flagged_with_a_low_score(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
