@@ -315,9 +315,14 @@ def load_domain_scorer(directory: Path, card: ModelCard) -> DomainScorer | None:
         )
     try:
         state = load_file(str(path))
-        class_means, whitening = state["class_means"], state["whitening"]
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise ModelArtifactError(f"domain file {path} is unreadable: {exc}") from exc
+    if set(state) != {"class_means", "whitening"}:
+        raise ModelArtifactError(
+            f"domain file {path} holds {sorted(state)}, not this scorer's class_means and whitening (a file "
+            "from an earlier version of the score): refit it with python -m models.calibrate_domain"
+        )
+    class_means, whitening = state["class_means"], state["whitening"]
     width = feature_width(card)
     classes = card.config.num_classes
     if (

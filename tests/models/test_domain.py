@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from models.attention_net import AttentionNet
 from models.checkpoint import (
@@ -19,6 +20,7 @@ from models.checkpoint import (
     ModelCard,
     load_model,
     read_card,
+    sha256_of,
 )
 from models.data import CanvasSet, fixed_canvases, load_mnist_splits
 from models.domain import (
@@ -203,6 +205,20 @@ def test_the_card_records_the_scorer_and_its_hash(tmp_path: Path) -> None:
         load_domain_scorer(tmp_path / "model", card)
     domain_file.unlink()
     with pytest.raises(ModelArtifactError, match="no domain file"):
+        load_domain_scorer(tmp_path / "model", card)
+
+
+def test_a_domain_file_of_an_earlier_score_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """A model directory fitted for the single-Gaussian score (mean, whitening) fails to load with a
+    message that says how to refit it, instead of serving a score it cannot compute."""
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    card = read_card(tmp_path / "model")
+    width = card.config.feature_channels + 2
+    save_file(
+        {"mean": torch.zeros(width), "whitening": torch.eye(width)}, str(tmp_path / "model" / DOMAIN_FILE)
+    )
+    card.domain["sha256"] = sha256_of(tmp_path / "model" / DOMAIN_FILE)
+    with pytest.raises(ModelArtifactError, match="calibrate_domain"):
         load_domain_scorer(tmp_path / "model", card)
 
 
