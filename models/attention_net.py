@@ -62,6 +62,15 @@ class AttentionNetConfig:
     def feature_channels(self) -> int:
         return self.stages[-1][0]
 
+    @property
+    def grid_layer(self) -> int:
+        """Index of the backbone layer that first reaches the feature grid: the last stride-2 layer."""
+        return max((i for i, (_, stride) in enumerate(self.stages) if stride == 2), default=0)
+
+    @property
+    def grid_layer_channels(self) -> int:
+        return self.stages[self.grid_layer][0]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -85,6 +94,9 @@ class AttentionOutput:
         features: The backbone features F the attention pooled, (B, C, h, w).
         classifier_weight: The linear classifier's weights w, (K, C).
         valid_size: Valid feature-grid height and width of every image, (B, 2).
+        grid_features: The output of the first backbone layer on the feature grid
+            (:attr:`AttentionNetConfig.grid_layer`), (B, C₁, h, w), zero on padding: the local stroke
+            statistics the in-domain score reads (:mod:`models.domain`). Kept by reference, not computed.
     """
 
     logits: Tensor
@@ -92,6 +104,7 @@ class AttentionOutput:
     features: Tensor = field(repr=False)
     classifier_weight: Tensor = field(repr=False)
     valid_size: Tensor = field(repr=False)
+    grid_features: Tensor = field(repr=False)
 
     def position_logits(self, target: Tensor) -> Tensor:
         """The classifier's response to every position's features, w_c · F_ij, for each image's class c.
@@ -217,9 +230,15 @@ class AttentionNet(nn.Module):
             x: Normalised images, (B, in_channels, H, W), zero beyond each image's valid region.
             input_size: Valid (height, width) of each image, (B, 2); None when no image is padded.
         """
+        features, mask, _ = self._backbone(x, input_size)
+        return features, mask
+
+    def _backbone(self, x: Tensor, input_size: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """:meth:`forward_features`, and the output of the config's ``grid_layer`` as well."""
         mask = None
         size = input_size
-        for layer in self.backbone:
+        grid_features = x
+        for index, layer in enumerate(self.backbone):
             x = layer(x)
             if input_size is not None:
                 assert size is not None
@@ -228,7 +247,9 @@ class AttentionNet(nn.Module):
                 if mask is None or mask.shape[-2:] != x.shape[-2:]:
                     mask = grid_mask(size, x.shape[-2], x.shape[-1]).to(x.dtype)
                 x = x * mask
-        return x, mask
+            if index == self.config.grid_layer:
+                grid_features = x
+        return x, mask, grid_features
 
     def forward_head(self, features: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Class logits and attention weights from backbone features."""
@@ -251,7 +272,7 @@ class AttentionNet(nn.Module):
         min_size = self.config.min_input_size
         if x.shape[-1] < min_size or x.shape[-2] < min_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])}; the minimum is {min_size}×{min_size}")
-        features, mask = self.forward_features(x, input_size)
+        features, mask, grid_features = self._backbone(x, input_size)
         logits, attention = self.forward_head(features, mask)
         if input_size is None:
             # Filled on the device: copying a host tensor there would wait for the queued pass.
@@ -259,7 +280,7 @@ class AttentionNet(nn.Module):
             valid[:, 0] = features.shape[-2]
         else:
             valid = self.feature_valid_size(input_size)
-        return AttentionOutput(logits, attention, features, self.classifier.weight, valid)
+        return AttentionOutput(logits, attention, features, self.classifier.weight, valid, grid_features)
 
     @torch.no_grad()
     def fuse_for_inference(self) -> AttentionNet:

@@ -1,13 +1,15 @@
 """Fit and calibrate the in-domain score (models/domain.py), and measure it.
 
-1. Fit: the Gaussian of the score's features over training-split canvases drawn as in training (sizes
-   40–128, 0 to 10 clutter fragments, rotations, shears, elastic distortion, JPEG on a fifth).
+1. Fit: the class means and shared covariance of the score's features over training-split canvases
+   drawn as in training (sizes 40–128, 0 to 10 clutter fragments, rotations, shears, elastic
+   distortion, JPEG on a fifth), each canvas under the class the model predicts for it.
 2. Calibrate: the threshold is the 99.5th percentile of the distance over validation-split canvases
    (60×60 and 100×100 as PNG, JPEG q90 and dark-on-light JPEG, plus sizes 40–128). The colour
    threshold is fixed by design (a quarter of the pixels colourful).
 3. Measure, with the threshold fixed: the share flagged of the test-split canvases at 60×60 and
-   100×100 in every variant ``models.evaluate`` reports, and of the out-of-domain families of
-   models/outliers.py, development and held-out apart.
+   100×100 in every variant ``models.evaluate`` reports, and of the out-of-domain families: the
+   development and first held-out families of models/outliers.py, and the evaluation families of
+   models/outliers_evaluation.py, which no design was chosen on.
 
 Example::
 
@@ -30,9 +32,10 @@ from torch import Tensor
 from models.attention_net import AttentionNet
 from models.checkpoint import ModelCard, load_model, write_card
 from models.data import compose_canvases, default_fragments, fixed_canvases, load_mnist_splits
-from models.domain import DomainScorer, colourful_fraction, fit_gaussian, save_domain_scorer
+from models.domain import DomainScorer, colourful_fraction, fit_class_gaussians, save_domain_scorer
 from models.evaluate import TEST_SEED, jpeg, polarity_variants
 from models.outliers import DEVELOPMENT_FAMILIES, HELD_OUT_FAMILIES, render
+from models.outliers_evaluation import EVALUATION_FAMILIES, EVALUATION_SEED
 from models.preprocessing import normalize_pixels, to_pixels
 from models.train import augment_digits, jpeg_round_trip
 
@@ -55,25 +58,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+Features = tuple[Tensor, Tensor]  # the score's statistics (N, D) and each image's predicted class (N,)
+
+
 class Measure:
     """Runs images through the serving preprocessing and the model, and gives the score's features."""
 
     def __init__(self, model: AttentionNet, card: ModelCard, scorer: DomainScorer | None = None) -> None:
         self.model, self.card, self.scorer = model, card, scorer
-        self.probe = scorer or DomainScorer(torch.zeros(0), torch.zeros(0, 0), 1.0, 1.0, card.preprocessing)
+
+    def _features(self, x: Tensor) -> Features:
+        output = self.model(x)
+        probability, classes = torch.softmax(output.logits, 1).max(1)
+        return DomainScorer.features(output, None, probability), classes
 
     @torch.inference_mode()
-    def canvas_features(self, canvases: Tensor) -> Tensor:
+    def canvas_features(self, canvases: Tensor) -> Features:
         """Features of (N, S, S) uint8 canvases, in batches."""
         parts = []
         for start in range(0, len(canvases), 256):
             pixels = canvases[start : start + 256].unsqueeze(-1)
-            x = normalize_pixels(pixels, self.card.preprocessing).contiguous()
-            parts.append(self.probe.features(self.model(x), x))
-        return torch.cat(parts)
+            parts.append(self._features(normalize_pixels(pixels, self.card.preprocessing).contiguous()))
+        return torch.cat([f for f, _ in parts]), torch.cat([c for _, c in parts])
 
     @torch.inference_mode()
-    def image_features(self, images: Iterable[Image.Image]) -> tuple[Tensor, Tensor]:
+    def image_features(self, images: Iterable[Image.Image]) -> tuple[Features, Tensor]:
         """Features and colourful fractions of decoded images of any sizes, batched by size."""
         by_size: dict[tuple[int, ...], list[tuple[int, Tensor]]] = {}
         colour = []
@@ -81,18 +90,24 @@ class Measure:
             pixels = to_pixels(image, self.card.preprocessing)
             by_size.setdefault(tuple(pixels.shape), []).append((index, pixels))
             colour.append(colourful_fraction(image))
-        rows: dict[int, Tensor] = {}
+        rows: dict[int, tuple[Tensor, Tensor]] = {}
         for members in by_size.values():
             for start in range(0, len(members), 256):
                 chunk = members[start : start + 256]
                 x = normalize_pixels(torch.stack([p for _, p in chunk]), self.card.preprocessing).contiguous()
-                features = self.probe.features(self.model(x), x)
-                rows.update({index: row for (index, _), row in zip(chunk, features, strict=True)})
-        return torch.stack([rows[i] for i in range(len(rows))]), torch.tensor(colour)
+                features, classes = self._features(x)
+                rows.update({i: (f, c) for (i, _), f, c in zip(chunk, features, classes, strict=True)})
+        ordered = [rows[i] for i in range(len(rows))]
+        stacked = torch.stack([f for f, _ in ordered]), torch.stack([c for _, c in ordered])
+        return stacked, torch.tensor(colour)
 
-    def flagged(self, features: Tensor, colour: Tensor | None = None) -> float:
+    def distance(self, features: Features) -> Tensor:
         assert self.scorer is not None
-        verdict = self.scorer.with_colour(self.scorer.feature_score(features), colour)
+        return self.scorer.distance(*features)
+
+    def flagged(self, features: Features, colour: Tensor | None = None) -> float:
+        assert self.scorer is not None
+        verdict = self.scorer.with_colour(self.scorer.feature_score(*features), colour)
         return round(float((~verdict.in_distribution).float().mean()), 4)
 
 
@@ -109,9 +124,9 @@ def training_canvases(digits: Tensor, batches: int, generator: torch.Generator) 
         yield (canvas * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def validation_features(measure: Measure, split: Any, generator: torch.Generator) -> dict[str, Tensor]:
+def validation_features(measure: Measure, split: Any, generator: torch.Generator) -> dict[str, Features]:
     """Features of the validation canvases the threshold is set on, by variant."""
-    groups: dict[str, Tensor] = {}
+    groups: dict[str, Features] = {}
     for size in (60, 100):
         canvases = torch.cat(
             [fixed_canvases(split, size, seed=VALIDATION_SEED + 10 * k + size).images for k in range(4)]
@@ -131,7 +146,7 @@ def validation_features(measure: Measure, split: Any, generator: torch.Generator
                 ).images
             )
         )
-    groups["sizes 40-128 PNG"] = torch.cat(other)
+    groups["sizes 40-128 PNG"] = torch.cat([f for f, _ in other]), torch.cat([c for _, c in other])
     return groups
 
 
@@ -157,25 +172,25 @@ def main(argv: list[str] | None = None) -> None:
     measure = Measure(model, card)
 
     train_digits = splits["train"].images.float() / 255
-    fit = torch.cat(
-        [measure.canvas_features(c) for c in training_canvases(train_digits, args.fit_batches, generator)]
-    )
-    mean, whitening = fit_gaussian(fit)
-    scorer = DomainScorer(mean, whitening, 1.0, COLOURFUL_THRESHOLD, card.preprocessing)
-
-    validation = validation_features(measure, splits["validation"], generator)
-    distances = torch.cat([scorer.distance(f) for f in validation.values()])
-    scorer.threshold = float(torch.quantile(distances, QUANTILE))
+    parts = [measure.canvas_features(c) for c in training_canvases(train_digits, args.fit_batches, generator)]
+    fit = torch.cat([f for f, _ in parts]), torch.cat([c for _, c in parts])
+    class_means, whitening = fit_class_gaussians(*fit, card.config.num_classes)
+    scorer = DomainScorer(class_means, whitening, 1.0, COLOURFUL_THRESHOLD)
     measure.scorer = scorer
 
+    validation = validation_features(measure, splits["validation"], generator)
+    distances = torch.cat([measure.distance(f) for f in validation.values()])
+    scorer.threshold = float(torch.quantile(distances, QUANTILE))
+
     figures: dict[str, Any] = {
-        "fit": f"{len(fit)} training-split canvases, sizes 40-128, drawn as in training",
+        "fit": f"{len(fit[0])} training-split canvases, sizes 40-128, drawn as in training, each under "
+        "the class the model predicts for it",
         "threshold_rule": f"the {QUANTILE:.1%} quantile of the distance over {len(distances)} validation "
         "canvases",
         "validation_flagged": {name: measure.flagged(f) for name, f in validation.items()},
         "test_flagged": {},
     }
-    dumped: dict[str, tuple[Tensor, Tensor]] = {}
+    dumped: dict[str, tuple[Features, Tensor]] = {}
     for size in (60, 100):
         for name, images in test_variants(splits["test"], size).items():
             features, colour = measure.image_features(images)
@@ -184,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     for label, families, seed in (
         ("development_families_flagged", DEVELOPMENT_FAMILIES, args.seed + 1),
         ("held_out_families_flagged", HELD_OUT_FAMILIES, args.seed + 2),
+        ("evaluation_families_flagged", EVALUATION_FAMILIES, EVALUATION_SEED),
     ):
         figures[label] = {}
         for name, images in render(families, args.per_family, seed).items():

@@ -1,25 +1,34 @@
 """The in-domain score: does an image look like what the model was trained on?
 
 A classifier answers every image with confident-looking scores, a photo included. This module measures
-how far an image's forward pass lies from those of the training canvases, with the Mahalanobis
-distance of Lee et al. 2018 ("A Simple Unified Framework for Detecting Out-of-Distribution Samples and
-Adversarial Attacks"), on statistics the forward pass has already computed:
+how far an image's forward pass lies from those of the training canvases, with the class-conditional
+Mahalanobis distance of Lee et al. 2018 ("A Simple Unified Framework for Detecting Out-of-Distribution
+Samples and Adversarial Attacks"): one Gaussian per class with a covariance shared by all, the distance
+taken to the mean of the class the model predicts. Its statistics are ones the forward pass has already
+computed (D = C + 3 + 2·C₁ values):
 
-* the backbone features averaged over the whole image (C values): what the image is made of, digit,
-  clutter and background together,
-* the attention map's normalised entropy and the share of dark input pixels (2 values).
+* the backbone's last features averaged over the whole image (C values): what the image is made of,
+  digit, clutter and background together,
+* the attention map's normalised entropy, and the largest logit and the logits' log-sum-exp (the
+  energy of Liu et al. 2020), which tell how firmly the head answers,
+* the square roots of the mean and of the root mean square over the image of each channel of the
+  first backbone layer on the feature grid (:attr:`AttentionOutput.grid_features`, 2·C₁ values):
+  local stroke statistics, such as width, sharpness and density, in which typeset glyphs and drawings
+  differ from handwritten digits. The roots make these skewed, non-negative statistics closer to
+  Gaussian.
 
-(The attention-pooled vector the classifier reads was tried too: it flagged fewer of the development
-out-of-domain images, alone or added to these, since attention finds the most digit-like spot of any
-image.)
+(The attention-pooled vector the classifier reads was tried too, alone, class-conditional and added to
+these: it flagged fewer out-of-domain images, since attention finds the most digit-like spot of any
+image. The share of dark pixels, an earlier statistic, adds nothing beside these.)
 
-A Gaussian fitted to training-split canvases gives the distance d (per dimension, so it reads the same
-for any feature width); the threshold t is a high quantile of d over validation canvases, never the
-test split (``python -m models.calibrate_domain``). The score is ``2 ** -((d / t) ** 4)``: about 1 for a
-typical canvas, exactly 0.5 at the threshold, near 0 far beyond it. A second, cheaper piece of
-evidence is colour, which the grayscale conversion discards: the share of an upload's pixels with
-strong chroma (:func:`colourful_fraction`, measured on the decoded image before conversion) gives a
-score of the same form against its own threshold, and an image's score is the lower of the two.
+The Gaussians are fitted to training-split canvases, the class of each being the model's prediction,
+as in serving. The distance d is per dimension, so it reads the same for any feature width; the
+threshold t is a high quantile of d over validation canvases, never the test split
+(``python -m models.calibrate_domain``). The score is ``2 ** -((d / t) ** 4)``: about 1 for a typical
+canvas, 0.5 at the threshold, near 0 far beyond it. A second, cheaper piece of evidence is
+colour, which the grayscale conversion discards: the share of an upload's pixels with strong chroma
+(:func:`colourful_fraction`, measured on the decoded image before conversion) gives a score of the same
+form against its own threshold, and an image's score is the lower of the two.
 
 The parameters live beside the weights in ``domain.safetensors``, whose sha256 the card records under
 ``domain``; :func:`load_domain_scorer` verifies it.
@@ -39,10 +48,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from models.attention_net import AttentionOutput
-from models.checkpoint import ModelArtifactError, ModelCard, Preprocessing, sha256_of
+from models.checkpoint import ModelArtifactError, ModelCard, sha256_of
 
 DOMAIN_FILE = "domain.safetensors"
-DARK_LEVEL = 0.25  # an input pixel darker than this (of 1.0, after polarity) counts as background
 CHROMA_LEVEL = 48  # of 255: a pixel whose channels differ by more than this counts as colourful
 WARNING = (
     "This image does not look like what the model was trained on: handwritten digits, drawn as light "
@@ -60,83 +68,140 @@ class DomainVerdict:
 
 
 class DomainScorer:
-    """Scores a batch's forward pass against the in-domain Gaussian, on the batch's device.
+    """Scores a batch's forward pass against the in-domain Gaussians, on the batch's device.
 
     Args:
-        mean: Mean of the features over the fitting canvases, (D,).
-        whitening: W with ‖W (z − mean)‖² the squared Mahalanobis distance, (D, D).
+        class_means: Mean of the features over the fitting canvases of each class, (K, D).
+        whitening: W with ‖W (z − μ)‖² the squared Mahalanobis distance under the shared covariance,
+            (D, D).
         threshold: Distance (per dimension) at which the score is 0.5.
         colourful_threshold: Share of colourful pixels at which the colour score is 0.5.
-        spec: The card's preprocessing, to find dark pixels in the normalised input.
     """
 
     def __init__(
-        self,
-        mean: Tensor,
-        whitening: Tensor,
-        threshold: float,
-        colourful_threshold: float,
-        spec: Preprocessing,
+        self, class_means: Tensor, whitening: Tensor, threshold: float, colourful_threshold: float
     ) -> None:
-        self.mean = mean.float()
+        self.class_means = class_means.float()
         self.whitening = whitening.float()
         self.threshold = float(threshold)
         self.colourful_threshold = float(colourful_threshold)
-        # The dark level in the normalised space of channel 0 (grayscale models have only that one).
-        self.dark_level = (DARK_LEVEL - spec.mean[0]) / spec.std[0]
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Precompute Wᵀ and the whitened class means, so that a batch costs one product and a gather."""
+        self._whitening_t = self.whitening.T.contiguous()
+        self._whitened_means = self.class_means @ self._whitening_t
 
     def to(self, device: torch.device | str) -> DomainScorer:
         """Move the parameters to the model's device (returns self)."""
-        self.mean = self.mean.to(device)
+        self.class_means = self.class_means.to(device)
         self.whitening = self.whitening.to(device)
+        self._prepare()
         return self
 
-    def features(self, output: AttentionOutput, x: Tensor, input_size: Tensor | None = None) -> Tensor:
+    @staticmethod
+    def features(
+        output: AttentionOutput, input_size: Tensor | None = None, top_probability: Tensor | None = None
+    ) -> Tensor:
         """The (B, D) float32 statistics that the distance is taken over; see the module docstring.
+
+        About fifteen tensor operations, each over the whole batch, picked for speed on the CPU as
+        ``python -m bench.domain_cost`` measures them (a norm or ``var_mean`` over a channels-last map is
+        several times slower than squaring and averaging).
 
         Args:
             output: The forward pass of the batch.
-            x: The normalised input the pass ran on, (B, C, H, W), padded or not.
-            input_size: Valid (height, width) of each image when the batch is padded, (B, 2); else None.
+            input_size: Whether the batch is padded: each image's valid (height, width), (B, 2), or None.
+                The statistics of a padded image are those of the image alone (the model leaves its
+                features zero beyond the valid grid, and the sums are divided by its own grid cells).
+            top_probability: Each image's highest softmax probability, (B,), when the caller has it (the
+                engine ranks the classes anyway); computed here otherwise.
         """
-        attention = output.attention.float()
-        features = output.features.float()  # zero beyond each image's valid grid, as the model leaves it
-        cells = output.valid_size.prod(1).clamp(min=1).float()
-        average = features.sum((2, 3)) / cells[:, None]
-        plogp = torch.special.xlogy(attention, attention).sum((1, 2))
-        entropy = -plogp / cells.log().clamp(min=1.0)
-        dark = x[:, 0] < self.dark_level
+        grid_features = output.grid_features.float()
+        # Sums now, divided by each image's grid cells in one operation below.
+        moments = torch.cat(
+            [
+                output.features.float().sum((2, 3)),
+                grid_features.sum((2, 3)),
+                (grid_features * grid_features).sum((2, 3)),
+            ],
+            dim=1,
+        )
+        attention = output.attention
         if input_size is None:
-            dark_share = dark.float().mean((1, 2))
+            cells = attention.shape[-2] * attention.shape[-1]
+            moments.mul_(1.0 / cells)
+            entropy_scale: Tensor | float = -1.0 / max(math.log(cells), 1.0)
         else:
-            rows = torch.arange(x.shape[-2], device=x.device).view(1, -1, 1) < input_size[:, :1, None]
-            cols = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1) < input_size[:, 1:, None]
-            dark_share = (dark & rows & cols).sum((1, 2)) / input_size.prod(1).float()
-        return torch.cat([average, entropy[:, None], dark_share[:, None]], dim=1)
+            valid_cells = output.valid_size.prod(1, keepdim=True).clamp(min=1).float()
+            moments.div_(valid_cells)
+            entropy_scale = -1.0 / valid_cells[:, 0].log().clamp(min=1.0)
+        channels, grid_channels = output.features.shape[1], grid_features.shape[1]
+        grid_mean = moments[:, channels : channels + grid_channels]
+        grid_square = moments[:, channels + grid_channels :]
+        grid_mean.sqrt_()
+        grid_square.pow_(0.25)  # the root of the root mean square
+        entropy = torch.special.xlogy(attention, attention).sum((1, 2)).mul_(entropy_scale)
+        logits = output.logits.float()
+        if top_probability is None:
+            top_probability = torch.softmax(logits, 1).amax(1)
+        top = logits.amax(1, keepdim=True)
+        # The energy log Σ exp(logit) is the top logit less the log of its softmax probability (≥ 1/K).
+        energy = top - top_probability[:, None].log()
+        return torch.cat([moments, entropy[:, None], top, energy], dim=1)
 
-    def distance(self, features: Tensor) -> Tensor:
-        """Mahalanobis distance per dimension of (B, D) features, (B,)."""
-        whitened = (features - self.mean) @ self.whitening.T
-        return whitened.square().mean(1).sqrt()
+    def distance(self, features: Tensor, classes: Tensor) -> Tensor:
+        """Mahalanobis distance per dimension of (B, D) features to their classes' means, (B,).
+
+        Args:
+            features: As :meth:`features` gives them.
+            classes: The predicted class of each image, (B,).
+        """
+        whitened = torch.addmm(
+            self._whitened_means.index_select(0, classes), features, self._whitening_t, beta=-1
+        )
+        norms: Tensor = torch.linalg.vector_norm(whitened, dim=1)
+        return norms.div_(math.sqrt(features.shape[1]))
 
     def score(
-        self,
-        output: AttentionOutput,
-        x: Tensor,
-        input_size: Tensor | None = None,
-        colourful: Tensor | None = None,
+        self, output: AttentionOutput, input_size: Tensor | None = None, colourful: Tensor | None = None
     ) -> DomainVerdict:
         """Scores and flags of a batch, on its device.
 
         Args:
-            output, x, input_size: As :meth:`features`.
+            output, input_size: As :meth:`features`.
             colourful: Each image's :func:`colourful_fraction`, (B,), on any device; None counts as 0.
         """
-        return self.with_colour(self.feature_score(self.features(output, x, input_size)), colourful)
+        return self.with_colour(self.output_score(output, input_size), colourful)
 
-    def feature_score(self, features: Tensor) -> Tensor:
-        """The score of (B, D) features alone, (B,)."""
-        return _score(self.distance(features), self.threshold)
+    def output_score(
+        self,
+        output: AttentionOutput,
+        input_size: Tensor | None = None,
+        top: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """The score of a forward pass alone, before colour, (B,): what the engine computes per batch.
+
+        Args:
+            output, input_size: As :meth:`features`.
+            top: Each image's highest softmax probability and its class, (B,) each, when the caller has
+                ranked the classes already; computed here otherwise.
+        """
+        if top is None:
+            top = torch.softmax(output.logits.float(), 1).max(1)
+        probability, classes = top
+        return self.feature_score(self.features(output, input_size, probability), classes)
+
+    def feature_score(self, features: Tensor, classes: Tensor) -> Tensor:
+        """The score of (B, D) features of images of the given predicted classes alone, (B,)."""
+        whitened = torch.addmm(
+            self._whitened_means.index_select(0, classes), features, self._whitening_t, beta=-1
+        )
+        norm: Tensor = torch.linalg.vector_norm(whitened, dim=1)
+        # 2^-(d/t)^4 with d = ‖·‖/√D in three operations; a norm too large for its 4th power gives inf,
+        # then a score of 0.
+        scale = -((math.sqrt(features.shape[1]) * self.threshold) ** -4)
+        return torch.exp2(norm.pow_(4).mul_(scale))
 
     def with_colour(self, score: Tensor, colourful: Tensor | None) -> DomainVerdict:
         """Combine feature scores (B,) with each image's :func:`colourful_fraction` (B,) into verdicts.
@@ -156,7 +221,16 @@ class DomainScorer:
         return min(score, colour)
 
     def state(self) -> dict[str, Tensor]:
-        return {"mean": self.mean.cpu().contiguous(), "whitening": self.whitening.cpu().contiguous()}
+        return {
+            "class_means": self.class_means.cpu().contiguous(),
+            "whitening": self.whitening.cpu().contiguous(),
+        }
+
+
+def _sum_of_squares(maps: Tensor) -> Tensor:
+    """Σ x² over each (B, C, h, w) map's grid, (B, C) float32, without a squared copy of the maps."""
+    norms: Tensor = torch.linalg.vector_norm(maps, dim=(2, 3), dtype=torch.float32)
+    return norms.square_()
 
 
 def _score(value: Tensor, threshold: float) -> Tensor:
@@ -180,19 +254,27 @@ def colourful_fraction(image: Image.Image) -> float:
     return float((chroma > CHROMA_LEVEL).mean())
 
 
-def fit_gaussian(features: Tensor, shrinkage: float = 1e-3) -> tuple[Tensor, Tensor]:
-    """Mean and whitening matrix of (N, D) features, the covariance shrunk towards a multiple of the
-    identity so that directions the canvases never vary in still get a finite weight."""
+def fit_class_gaussians(
+    features: Tensor, classes: Tensor, num_classes: int, shrinkage: float = 1e-3
+) -> tuple[Tensor, Tensor]:
+    """Class means (K, D) and the whitening matrix (D, D) of the within-class covariance shared by all
+    classes, of (N, D) features of the given classes (N,). The covariance is shrunk towards a multiple of
+    the identity so that directions the canvases never vary in still get a finite weight."""
     data = features.double()
-    mean = data.mean(0)
-    centred = data - mean
-    covariance = centred.T @ centred / max(len(data) - 1, 1)
+    counts = torch.bincount(classes, minlength=num_classes)
+    if bool((counts == 0).any()):
+        raise ValueError(f"no fitting canvases for classes {torch.nonzero(counts == 0).flatten().tolist()}")
+    means = torch.zeros(num_classes, data.shape[1], dtype=data.dtype).index_add_(0, classes, data)
+    means /= counts[:, None]
+    centred = data - means[classes]
+    covariance = centred.T @ centred / max(len(data) - num_classes, 1)
     ridge = shrinkage * covariance.diagonal().mean()
     covariance = covariance + ridge * torch.eye(covariance.shape[0], dtype=covariance.dtype)
     # Σ⁻¹ = Lᵀ L with L the inverse of Σ's Cholesky factor, so ‖L (z − μ)‖² = (z − μ)ᵀ Σ⁻¹ (z − μ).
     cholesky = torch.linalg.cholesky(covariance)
-    whitening = torch.linalg.solve_triangular(cholesky, torch.eye(len(mean), dtype=data.dtype), upper=False)
-    return mean.float(), whitening.float()
+    eye = torch.eye(data.shape[1], dtype=data.dtype)
+    whitening = torch.linalg.solve_triangular(cholesky, eye, upper=False)
+    return means.float(), whitening.float()
 
 
 def save_domain_scorer(scorer: DomainScorer, directory: Path, card: ModelCard, info: dict[str, Any]) -> None:
@@ -233,10 +315,25 @@ def load_domain_scorer(directory: Path, card: ModelCard) -> DomainScorer | None:
         )
     try:
         state = load_file(str(path))
-        mean, whitening = state["mean"], state["whitening"]
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise ModelArtifactError(f"domain file {path} is unreadable: {exc}") from exc
-    width = card.config.feature_channels + 2
-    if mean.shape != (width,) or whitening.shape != (width, width) or not math.isfinite(threshold):
-        raise ModelArtifactError("the domain file does not fit the model's feature width")
-    return DomainScorer(mean, whitening, threshold, colourful_threshold, card.preprocessing)
+    if set(state) != {"class_means", "whitening"}:
+        raise ModelArtifactError(
+            f"domain file {path} holds {sorted(state)}, not this scorer's class_means and whitening (a file "
+            "from an earlier version of the score): refit it with python -m models.calibrate_domain"
+        )
+    class_means, whitening = state["class_means"], state["whitening"]
+    width = feature_width(card)
+    classes = card.config.num_classes
+    if (
+        class_means.shape != (classes, width)
+        or whitening.shape != (width, width)
+        or not math.isfinite(threshold)
+    ):
+        raise ModelArtifactError("the domain file does not fit the model's classes and feature widths")
+    return DomainScorer(class_means, whitening, threshold, colourful_threshold)
+
+
+def feature_width(card: ModelCard) -> int:
+    """D, the number of statistics :meth:`DomainScorer.features` gives for the card's model."""
+    return card.config.feature_channels + 3 + 2 * card.config.grid_layer_channels

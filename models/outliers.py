@@ -6,8 +6,9 @@ drawn with matplotlib, text and user-interface mock-ups drawn with Pillow in mat
 Each family also varies size, crop, colour and, where it applies, JPEG compression and polarity.
 
 The families are split in two. :data:`DEVELOPMENT_FAMILIES` guided the design of the score;
-:data:`HELD_OUT_FAMILIES` (other photos, chart styles, screenshots, fonts) were rendered only to report
-on, so their flag rate estimates what images nobody looked at will see.
+:data:`HELD_OUT_FAMILIES` (other photos, chart styles, screenshots, fonts) were rendered to report on
+the first design, and were looked at, beside the development families, while choosing the current one.
+The families no design was chosen on are in :mod:`models.outliers_evaluation`.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class Prediction:
             as 0), (H, W) uint8 — what the heatmap PNG shows; None for images larger than
             :data:`RENDER_IN_BATCH_MAX_PIXELS`, which the predictor renders itself.
         domain_score: How much the forward pass looks like the training canvases', 0…1
-            (:meth:`models.domain.DomainScorer.feature_score`); 1.0 for a model without a scorer.
+            (:meth:`models.domain.DomainScorer.output_score`); 1.0 for a model without a scorer.
     """
 
     indices: list[int]
@@ -275,7 +275,7 @@ class ForwardWork:
             (B,), grids (B, h, w) float32 and heat images (B, H, W) uint8.
         """
         output, scores, indices = self._ranked(x, None)
-        domain = self._domain_scores(output, x, None)
+        domain = self._domain_scores(output, None, scores, indices)
         if kind is None:
             return scores, indices, domain
         assert requested is not None
@@ -296,7 +296,7 @@ class ForwardWork:
     ) -> list[Prediction]:
         """Predictions for a padded batch, or one wanting both kinds of map or maps of large images."""
         output, scores, indices = self._ranked(x, input_size)
-        domain = self._domain_scores(output, x, input_size)
+        domain = self._domain_scores(output, input_size, scores, indices)
         if requested is None:
             scores, indices, domain = self._to_host(scores, indices, domain)
             return self._predictions(scores, indices, domain, top_ks)
@@ -328,11 +328,13 @@ class ForwardWork:
         scores, indices = rank_classes(output.logits)
         return output, scores, indices
 
-    def _domain_scores(self, output: AttentionOutput, x: Tensor, input_size: Tensor | None) -> Tensor:
+    def _domain_scores(
+        self, output: AttentionOutput, input_size: Tensor | None, scores: Tensor, indices: Tensor
+    ) -> Tensor:
         """Each image's in-domain score from what the pass computed, (B,); ones without a scorer."""
         if self.domain is None:
             return output.logits.new_ones(output.logits.shape[0], dtype=torch.float32)
-        return self.domain.feature_score(self.domain.features(output, x, input_size))
+        return self.domain.output_score(output, input_size, (scores[:, 0], indices[:, 0]))
 
     @staticmethod
     def _targets(requested: Tensor, indices: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from models.attention_net import AttentionNet
 from models.checkpoint import (
@@ -19,6 +20,7 @@ from models.checkpoint import (
     ModelCard,
     load_model,
     read_card,
+    sha256_of,
 )
 from models.data import CanvasSet, fixed_canvases, load_mnist_splits
 from models.domain import (
@@ -31,6 +33,7 @@ from models.domain import (
 )
 from models.evaluate import jpeg, polarity_variants
 from models.outliers import DEVELOPMENT_FAMILIES, HELD_OUT_FAMILIES, render
+from models.outliers_evaluation import EVALUATION_FAMILIES
 from models.preprocessing import normalize_pixels, to_pixels
 
 
@@ -52,7 +55,7 @@ def verdicts(
     for image in images:
         x = normalize_pixels(to_pixels(image, card.preprocessing).unsqueeze(0), card.preprocessing)
         colourful = torch.tensor([colourful_fraction(image)])
-        verdict = scorer.score(model(x), x, colourful=colourful)
+        verdict = scorer.score(model(x), colourful=colourful)
         results.append((float(verdict.score[0]), bool(verdict.in_distribution[0])))
     return results
 
@@ -79,10 +82,16 @@ def test_canvases_pass_in_every_form_users_send(
 
 
 def test_everyday_images_are_flagged(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
-    families = {**render(DEVELOPMENT_FAMILIES, 4, seed=99), **render(HELD_OUT_FAMILIES, 4, seed=98)}
+    """The issue's target, 95 % of out-of-domain images flagged, on images of all three groups drawn with
+    seeds of their own (72 images: at most three may pass)."""
+    families = {
+        **render(DEVELOPMENT_FAMILIES, 4, seed=99),
+        **render(HELD_OUT_FAMILIES, 4, seed=98),
+        **render(EVALUATION_FAMILIES, 4, seed=97),
+    }
     flagged = {name: [not ok for _, ok in verdicts(bundled, images)] for name, images in families.items()}
     everything = [flag for flags in flagged.values() for flag in flags]
-    assert np.mean(everything) >= 0.9, {name: sum(flags) for name, flags in flagged.items()}
+    assert np.mean(everything) >= 0.95, {name: sum(flags) for name, flags in flagged.items()}
 
 
 def test_a_photo_is_flagged_with_a_low_score(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
@@ -107,7 +116,7 @@ def test_padded_batches_score_as_single_images(bundled: tuple[AttentionNet, Mode
         x[i, :, :, p.shape[1] :] = 0
     sizes = torch.tensor([list(p.shape[:2]) for p in pixels])
     with torch.inference_mode():
-        together = scorer.score(model(x, sizes), x, sizes).score
+        together = scorer.score(model(x, sizes), sizes).score
     alone = torch.tensor([score for score, _ in verdicts(bundled, images)])
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-3)
 
@@ -119,15 +128,58 @@ def test_score_is_one_half_at_the_threshold(bundled: tuple[AttentionNet, ModelCa
     )
     with torch.inference_mode():
         output = model(x)
-        features = scorer.features(output, x)
-        distance = float(scorer.distance(features)[0])
-        at_threshold = DomainScorer(scorer.mean, scorer.whitening, distance, 0.25, card.preprocessing)
-        verdict = at_threshold.score(output, x)
+        features = scorer.features(output)
+        distance = float(scorer.distance(features, output.logits.argmax(1))[0])
+        at_threshold = DomainScorer(scorer.class_means, scorer.whitening, distance, 0.25)
+        verdict = at_threshold.score(output)
+        inside = DomainScorer(scorer.class_means, scorer.whitening, distance * 1.001, 0.25)
+        just_inside = inside.score(output)
+        just_beyond = DomainScorer(scorer.class_means, scorer.whitening, distance * 0.999, 0.25).score(output)
+        colourful = inside.score(output, colourful=torch.tensor([0.5]))
     assert isinstance(verdict, DomainVerdict)
     assert abs(float(verdict.score[0]) - 0.5) < 1e-4
-    assert bool(verdict.in_distribution[0])
-    colourful = at_threshold.score(output, x, colourful=torch.tensor([0.5]))
+    assert bool(just_inside.in_distribution[0])
+    assert not bool(just_beyond.in_distribution[0])
     assert not bool(colourful.in_distribution[0])  # colour alone can flag an image
+
+
+def test_the_distance_is_to_the_predicted_class(
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer],
+) -> None:
+    """Lee et al.'s class-conditional distance: the whitened distance to the mean of the class the model
+    predicts, the class mean most canvases are nearest to."""
+    model, card, scorer = bundled
+    images = canvas_images(60, 8)
+    x = torch.cat(
+        [normalize_pixels(to_pixels(i, card.preprocessing).unsqueeze(0), card.preprocessing) for i in images]
+    )
+    with torch.inference_mode():
+        output = model(x)
+        features = scorer.features(output)
+        predicted = output.logits.argmax(1)
+        distance = scorer.distance(features, predicted)
+        difference = features[:, None, :] - scorer.class_means[None]  # (B, K, D)
+        by_hand = (difference @ scorer.whitening.T).square().mean(2).sqrt()  # (B, K)
+    torch.testing.assert_close(distance, by_hand.gather(1, predicted[:, None])[:, 0], rtol=1e-4, atol=1e-4)
+    assert bool((by_hand.argmin(1) == predicted).float().mean() >= 0.75)
+
+
+def test_the_engine_s_ranking_gives_the_same_score(
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer],
+) -> None:
+    """The engine hands the scorer the top probability and class it has ranked; the score is the one the
+    scorer computes on its own."""
+    model, card, scorer = bundled
+    images = canvas_images(60, 4)
+    x = torch.cat(
+        [normalize_pixels(to_pixels(i, card.preprocessing).unsqueeze(0), card.preprocessing) for i in images]
+    )
+    with torch.inference_mode():
+        output = model(x)
+        ranked = torch.softmax(output.logits, 1).sort(dim=1, descending=True, stable=True)
+        given = scorer.output_score(output, None, (ranked.values[:, 0], ranked.indices[:, 0]))
+        alone = scorer.output_score(output)
+    torch.testing.assert_close(given, alone)
 
 
 def test_colourful_fraction() -> None:
@@ -153,6 +205,20 @@ def test_the_card_records_the_scorer_and_its_hash(tmp_path: Path) -> None:
         load_domain_scorer(tmp_path / "model", card)
     domain_file.unlink()
     with pytest.raises(ModelArtifactError, match="no domain file"):
+        load_domain_scorer(tmp_path / "model", card)
+
+
+def test_a_domain_file_of_an_earlier_score_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """A model directory fitted for the single-Gaussian score (mean, whitening) fails to load with a
+    message that says how to refit it, instead of serving a score it cannot compute."""
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    card = read_card(tmp_path / "model")
+    width = card.config.feature_channels + 2
+    save_file(
+        {"mean": torch.zeros(width), "whitening": torch.eye(width)}, str(tmp_path / "model" / DOMAIN_FILE)
+    )
+    card.domain["sha256"] = sha256_of(tmp_path / "model" / DOMAIN_FILE)
+    with pytest.raises(ModelArtifactError, match="calibrate_domain"):
         load_domain_scorer(tmp_path / "model", card)
 
 

@@ -120,6 +120,27 @@ def test_the_border_decides_polarity() -> None:
     assert not has_light_border(np.full((16, 16, 3), 127, np.uint8))  # mid-grey stays as it is
 
 
+def test_the_border_count_agrees_with_the_median_of_the_ring() -> None:
+    """The counting shortcut gives the answer of the rule as written: the ring's median above mid-grey."""
+
+    def median_rule(pixels: np.ndarray) -> bool:
+        height, width = pixels.shape[:2]
+        ring = max(1, min(4, min(height, width) // 16))
+        mask = np.zeros((height, width), bool)
+        mask[:ring], mask[-ring:], mask[:, :ring], mask[:, -ring:] = True, True, True, True
+        return float(np.median(pixels.mean(axis=2)[mask])) > 127.5
+
+    rng = np.random.default_rng(5)
+    for trial in range(600):
+        height, width = (int(n) for n in rng.integers(16, 90, 2))
+        channels = int(rng.choice([1, 3]))
+        if trial % 2:  # values at and around mid-grey, where ties and rounding would show
+            image = rng.choice(np.array([0, 127, 128, 255], np.uint8), (height, width, channels))
+        else:
+            image = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+        assert has_light_border(image) == median_rule(image), (height, width, channels)
+
+
 def test_as_is_policy_keeps_light_backgrounds() -> None:
     black_on_white = Image.fromarray(255 - np.asarray(drawing()))
     assert np.array_equal(pixels(black_on_white, Preprocessing()), np.asarray(black_on_white))
