@@ -70,10 +70,16 @@ def main() -> None:
     workers = int(env.pop("WORKERS", "1"))
     image = BENCH / "canvas60.png"
     checkouts = {"old": args.old.resolve(), "new": BENCH.parent}
-    result: dict[str, Any] = {**result_header("bench.ab"), "old": str(checkouts["old"]), "points": []}
+    result: dict[str, Any] = {
+        **result_header("bench.ab"),
+        "old": str(checkouts["old"]),
+        "env": env,
+        "new_env": args.new_env,
+        "points": [],
+    }
     with (
         server(checkouts["old"], env, PORTS["old"], workers),
-        server(checkouts["new"], env, PORTS["new"], workers),
+        server(checkouts["new"], env | args.new_env, PORTS["new"], workers),
     ):
         for endpoint in args.endpoint:
             for concurrency in args.concurrency:
