@@ -48,7 +48,8 @@ TRITON_PYTHON = Path(os.environ.get("GLIMPSE_TRITON_PYTHON", TRITON_VENV / "bin"
 TRITON_SITE = os.environ.get("GLIMPSE_TRITON_SITE", "")
 # Triton's dynamic batching unless --triton says otherwise: most rows in a batch, the batcher's wait,
 # model instances (each a Python process with its own torch), torch threads in each, autocast.
-TRITON_DEFAULTS = {"MAX_BATCH": "16", "DELAY_US": "2000", "INSTANCES": "2", "THREADS": "1", "AMP": "float32"}
+# The best of a sweep on the 2-core CPU at c=64 (bench/results/20261204-220000-vm-triton-cpu-sweep.txt).
+TRITON_DEFAULTS = {"MAX_BATCH": "32", "DELAY_US": "2000", "INSTANCES": "2", "THREADS": "1", "AMP": "float32"}
 
 
 def request_body(image: Path, out: Path) -> tuple[Path, int]:
@@ -159,7 +160,7 @@ def main() -> None:
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--glimpse", type=settings, default={}, help="WORKERS=2,GLIMPSE_SETTING=value,...")
     parser.add_argument(
-        "--triton", type=settings, default={}, help="MAX_BATCH=16,DELAY_US=2000,INSTANCES=2,..."
+        "--triton", type=settings, default={}, help="MAX_BATCH=32,DELAY_US=2000,INSTANCES=2,..."
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--skip-predict", action="store_true", help="leave Glimpse's multipart /predict out")
