@@ -43,6 +43,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from app.runtime.protocol import raise_file_limit
 from app.runtime.ray_serve import Glimpse
 from bench.run import BENCH, glimpse_server, machine, result_header, write_result, wrk
 
@@ -54,6 +55,7 @@ def free_port() -> int:
 
 
 RAY_PORT, STANDALONE_PORT = free_port(), free_port()
+HAPROXY_DEFAULT_MAXCONN = 20_000  # Serve's RAY_SERVE_HAPROXY_MAXCONN default
 APPLICATION = "glimpse"
 
 
@@ -243,16 +245,15 @@ def use_haproxy_ingress() -> None:
     inherit its environment): the HAProxy ingress, and the app on each replica's own event loop.
 
     HAProxy wants about 2.5 descriptors per connection; its default ``maxconn`` (20,000) needs more than
-    many hosts' open-file limit, so the soft limit is raised to the hard one and ``maxconn`` fitted under
-    it.
+    many hosts' open-file limit, so the limit is raised as far as the hard one allows (the launcher's
+    :func:`~app.runtime.protocol.raise_file_limit`) and ``maxconn`` fitted under it.
     """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        soft = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    raise_file_limit(HAPROXY_DEFAULT_MAXCONN * 3)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fits = HAPROXY_DEFAULT_MAXCONN if soft == resource.RLIM_INFINITY else (soft - 1024) // 3
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
-    os.environ.setdefault("RAY_SERVE_HAPROXY_MAXCONN", str(min(20_000, (soft - 1024) // 3)))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_MAXCONN", str(min(HAPROXY_DEFAULT_MAXCONN, fits)))
 
 
 def main() -> None:
