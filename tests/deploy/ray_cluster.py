@@ -1,5 +1,9 @@
 """A real two-node Ray cluster on this machine: ``ray start --head`` and a second ``ray start --address``.
 
+The test process never joins the cluster as a Ray driver: it deploys and inspects through the head's
+dashboard (the REST API that ``serve deploy`` and KubeRay use, and the state API), so nothing Ray does
+can end the test process, and a failure reports the nodes' own logs.
+
 Each node is a ``ray start --block`` process in a session of its own, with its own temp dir, ports,
 loopback address and custom resource (``node1``, ``node2``). Stopping sends SIGTERM and then SIGKILL
 to every process of those sessions (raylet, GCS, agents and the workers they started, which keep the
@@ -26,6 +30,25 @@ from tests.serving import REPO_ROOT, free_port
 HEAD_IP, WORKER_IP = "127.0.0.3", "127.0.0.2"
 STARTED_LINE = "block forever"  # ray start --block prints it once the node has joined
 RAY = Path(sys.executable).with_name("ray")
+
+
+@dataclass
+class Cluster:
+    gcs_address: str
+    dashboard_url: str  # Serve's REST API and the state API
+    temp_dir: Path
+
+    def logs(self, limit: int = 3000) -> str:
+        """The tail of each node's output and of the Ray logs that explain a dead node or replica."""
+        logs = self.temp_dir.glob("*/session_latest/logs/*")
+        ray_logs = [path for path in logs if path.name.startswith(("raylet.", "gcs_server.", "dashboard."))]
+        serve_logs = self.temp_dir.glob("*/session_latest/logs/serve/*")  # controller, replicas, HAProxy
+        parts = []
+        for path in [*self.temp_dir.glob("*.log"), *sorted(ray_logs), *sorted(serve_logs)]:
+            if path.is_file() and path.stat().st_size:
+                text = path.read_text(errors="replace")[-limit:]
+                parts.append(f"--- {path.relative_to(self.temp_dir)}\n{text}")
+        return "\n".join(parts)
 
 
 @dataclass
@@ -127,9 +150,10 @@ def stop_node(node: Node) -> None:
 
 
 @contextmanager
-def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 240) -> Iterator[str]:
-    """A head and a worker node, each with ``cpus_per_node`` CPUs; yields the GCS address."""
+def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 240) -> Iterator[Cluster]:
+    """A head and a worker node, each with ``cpus_per_node`` CPUs."""
     gcs_address = f"{HEAD_IP}:{free_port()}"
+    dashboard_port = free_port()
     env = cluster_env()  # one environment for both nodes: the same Serve flags and side ports
     with ExitStack() as stack:
         head = start_node(
@@ -139,9 +163,9 @@ def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 
                 "--port", gcs_address.rsplit(":", 1)[1],
                 "--num-cpus", str(cpus_per_node),
                 "--resources", '{"node1": 1}',
-                "--include-dashboard", "true",  # the state API (which node holds which actor) needs it
+                "--include-dashboard", "true",  # Serve's REST API and the state API
                 "--dashboard-host", "127.0.0.1",
-                "--dashboard-port", str(free_port()),
+                "--dashboard-port", str(dashboard_port),
                 "--ray-client-server-port", str(free_port()),
                 "--object-store-memory", str(100 * 1024 * 1024),
                 "--temp-dir", str(temp_dir / "head"),
@@ -167,4 +191,4 @@ def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 
             timeout_s,
         )  # fmt: skip
         stack.callback(stop_node, worker)
-        yield gcs_address
+        yield Cluster(gcs_address, f"http://127.0.0.1:{dashboard_port}", temp_dir)

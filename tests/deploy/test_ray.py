@@ -9,6 +9,7 @@ import base64
 import io
 import os
 import shutil
+import signal
 import tempfile
 import time
 import tomllib
@@ -23,14 +24,13 @@ import pytest
 import ray
 import yaml
 from PIL import Image
-from ray import serve
 from ray.serve.schema import RayActorOptionsSchema, ServeDeploySchema
 from ray.util.state import list_actors
 
 from app.config import Settings
 from app.runtime import ray_serve
 from app.transports import fast_path
-from tests.deploy.ray_cluster import HEAD_IP, WORKER_IP, two_node_cluster
+from tests.deploy.ray_cluster import HEAD_IP, WORKER_IP, Cluster, two_node_cluster
 from tests.helpers import REPO_ROOT, png_bytes, started_client
 from tests.serving import free_port
 
@@ -290,79 +290,108 @@ class Load:
         raise AssertionError(f"{path}: no answer after {RETRIES} attempts ({self.retried[-RETRIES:]})")
 
 
-def replicas() -> list[Any]:
-    """The deployment's live replica actors (Ray's state API), each with its node."""
-    actors = list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-    return [a for a in actors if a.class_name == "ServeReplica:glimpse:glimpse"]
+def serve_config(port: int) -> dict[str, Any]:
+    """The shipped CPU Serve config, placed for the two-node test: two replicas, one per node, small
+    enough for a 2-core machine, and the HAProxy ingress on the head only at ``port``."""
+    config = load_yaml(SERVE_CONFIGS[0])
+    config["proxy_location"] = "HeadOnly"
+    # The replicas' own HTTP servers bind this host too, and the head's HAProxy reaches the worker node's
+    # replica at that node's address: all interfaces (the nodes' loopback addresses).
+    config["http_options"] = {"host": "0.0.0.0", "port": port}
+    (deployment,) = config["applications"][0]["deployments"]
+    del deployment["autoscaling_config"]
+    deployment.update(num_replicas=2, max_replicas_per_node=1)  # one per node, whatever Ray would pick
+    deployment["ray_actor_options"]["num_cpus"] = 0.5
+    return config
 
 
-def wait_running(replica_count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        application = serve.status().applications.get("glimpse")
-        if application is not None and application.status == "RUNNING":
-            states = {
-                str(getattr(state, "value", state)): count  # a str at run time, typed as an enum
-                for state, count in application.deployments["glimpse"].replica_states.items()
-            }
-            if states.get("RUNNING") == replica_count and len(states) == 1:
-                return
-        time.sleep(1)
-    raise AssertionError(f"the application did not reach {replica_count} running replicas: {serve.status()}")
+class ServeCluster:
+    """The cluster as an operator sees it: Serve's REST API and Ray's state API on the head's dashboard."""
+
+    def __init__(self, cluster: Cluster, url: str) -> None:
+        self.cluster, self.url = cluster, url
+        self.dashboard = httpx.Client(base_url=cluster.dashboard_url, timeout=60)
+
+    def deploy(self, config: dict[str, Any]) -> None:
+        response = self.dashboard.put("/api/serve/applications/", json=config)  # what `serve deploy` sends
+        assert response.status_code == 200, response.text
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """The deployment's running replicas (node_ip, actor_id, pid, …), from Serve's own status."""
+        details = self.dashboard.get("/api/serve/applications/").json()
+        application = details["applications"].get("glimpse")
+        if application is None or application["status"] != "RUNNING":
+            return []
+        replicas: list[dict[str, Any]] = application["deployments"]["glimpse"]["replicas"]
+        return replicas if all(r["state"] == "RUNNING" for r in replicas) else []
+
+    def wait_running(self, replica_count: int, timeout_s: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len(running := self.replicas()) == replica_count:
+                return running
+            time.sleep(1)
+        status = self.dashboard.get("/api/serve/applications/").text
+        raise AssertionError(f"not {replica_count} running replicas after {timeout_s} s: {status}")
+
+    def alive_actor_classes(self) -> set[str]:
+        alive: list[tuple[str, str, str | bool | int | float]] = [("state", "=", "ALIVE")]
+        actors = list_actors(address=self.cluster.dashboard_url, filters=alive, raise_on_missing_output=False)
+        return {actor.class_name for actor in actors}
 
 
 @pytest.fixture
-def serve_on_two_nodes() -> Iterator[str]:
-    """Serve on a two-node cluster, one Glimpse replica per node; yields the HAProxy ingress's URL."""
+def serve_on_two_nodes() -> Iterator[ServeCluster]:
+    """Glimpse deployed through Serve's REST API on a two-node cluster, one replica per node."""
     port = free_port()
     # Not pytest's tmp_path: Ray's socket paths under it would pass the 107-byte limit of AF_UNIX.
     temp_dir = Path(tempfile.mkdtemp(prefix="glimpse-ray-"))
     with ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, temp_dir, ignore_errors=True)
-        gcs_address = cleanup.enter_context(two_node_cluster(temp_dir))
-        ray.init(address=gcs_address, _node_ip_address=HEAD_IP, log_to_driver=False)
-        cleanup.callback(ray.shutdown)
-        cleanup.callback(serve.shutdown)
-        # The replicas' own HTTP servers bind this host too, and the head's HAProxy reaches the worker
-        # node's replica at that node's address: all interfaces (the nodes' loopback addresses).
-        serve.start(proxy_location="HeadOnly", http_options={"host": "0.0.0.0", "port": port})
-        # One replica per node: the placement Serve's max_replicas_per_node gives across nodes.
-        application = ray_serve.Glimpse.options(
-            num_replicas=2,
-            max_replicas_per_node=1,
-            ray_actor_options={"num_cpus": 0.5},
-        ).bind()
-        serve.run(application, name="glimpse", route_prefix="/", blocking=False)
-        wait_running(2, timeout_s=300)
-        yield f"http://127.0.0.1:{port}"
+        cluster = cleanup.enter_context(two_node_cluster(temp_dir))
+        serving = ServeCluster(cluster, f"http://127.0.0.1:{port}")
+        cleanup.callback(serving.dashboard.close)
+        try:
+            serving.deploy(serve_config(port))
+            serving.wait_running(2, timeout_s=300)
+            yield serving
+        except BaseException:
+            print(cluster.logs())  # pytest shows it with the failure
+            raise
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_nodes_answer_every_request_like_standalone_through_a_replica_kill(
-    serve_on_two_nodes: str,
+    serve_on_two_nodes: ServeCluster,
 ) -> None:
-    url = serve_on_two_nodes
-    placed = replicas()
-    nodes = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}  # type: ignore[no-untyped-call]
-    assert sorted(nodes[r.node_id] for r in placed) == [WORKER_IP, HEAD_IP]  # one replica on each node
+    try:
+        answer_through_a_replica_kill(serve_on_two_nodes)
+    except BaseException:
+        print(serve_on_two_nodes.cluster.logs())  # pytest shows it with the failure
+        raise
+
+
+def answer_through_a_replica_kill(serving: ServeCluster) -> None:
+    url = serving.url
+    placed = serving.replicas()
+    assert sorted(r["node_ip"] for r in placed) == [WORKER_IP, HEAD_IP]  # one replica on each node
     # Requests come in through Serve's HAProxy ingress, as the RayService runs it (a proxy actor stays
     # beside it as HAProxy's fallback while no replica is routable).
-    actors = list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-    assert "HAProxyManager" in {a.class_name for a in actors}
+    assert "HAProxyManager" in serving.alive_actor_classes()
     assert httpx.get(f"{url}/health/ready", timeout=30).json() == {"status": "ready"}
     assert httpx.get(f"{url}/models", timeout=30).json()["num_classes"] == 10
 
     images = canvases()
     expected = asyncio.run(standalone_answers(images))
     load = Load(url, images)
-    victim = next(r for r in placed if nodes[r.node_id] == WORKER_IP)
+    victim = next(r for r in placed if r["node_ip"] == WORKER_IP)
 
     async def load_and_kill() -> int:
         task = asyncio.create_task(load.run())
         await asyncio.wait_for(load.kill_point.wait(), timeout=300)
         answered_before_kill = len(load.answers)
-        ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+        os.kill(victim["pid"], signal.SIGKILL)  # the replica's process dies, as in a crash or an OOM kill
         await task
         return answered_before_kill
 
@@ -377,14 +406,13 @@ def test_two_nodes_answer_every_request_like_standalone_through_a_replica_kill(
         assert_same_answer(answer, expected[path, index])
 
     # Serve replaces the killed replica on the node it left, and the new one serves.
-    wait_running(2, timeout_s=300)
-    replaced = replicas()
-    deadline = time.monotonic() + 60  # the state API can list the new actor a moment after Serve does
-    while len(replaced) < 2 and time.monotonic() < deadline:
-        time.sleep(1)
-        replaced = replicas()
-    assert victim.actor_id not in {r.actor_id for r in replaced}
-    assert sorted(nodes[r.node_id] for r in replaced) == [WORKER_IP, HEAD_IP]
+    deadline = time.monotonic() + 300
+    replaced = serving.wait_running(2, timeout_s=300)
+    while victim["actor_id"] in {r["actor_id"] for r in replaced} and time.monotonic() < deadline:
+        time.sleep(1)  # Serve notices the dead actor at its next health check
+        replaced = serving.wait_running(2, timeout_s=300)
+    assert victim["actor_id"] not in {r["actor_id"] for r in replaced}
+    assert sorted(r["node_ip"] for r in replaced) == [WORKER_IP, HEAD_IP]
     after = asyncio.run(Load(url, images).send_all_once())
     for (path, index), answer in after.items():
         assert_same_answer(answer, expected[path, index])
