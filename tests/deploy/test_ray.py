@@ -386,6 +386,8 @@ def answer_through_a_replica_kill(serving: ServeCluster) -> None:
     expected = asyncio.run(standalone_answers(images))
     load = Load(url, images)
     victim = next(r for r in placed if r["node_ip"] == WORKER_IP)
+    assert victim["pid"] > 1  # a process of its own, never this one's group
+    assert "ServeReplica" in Path(f"/proc/{victim['pid']}/cmdline").read_text(errors="replace")
 
     async def load_and_kill() -> int:
         task = asyncio.create_task(load.run())
