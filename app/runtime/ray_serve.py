@@ -22,6 +22,9 @@ import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.serve import Deployment
+from ray.serve._private.constants import SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
 from app.main import create_app
@@ -50,6 +53,33 @@ def replica_settings() -> Settings:
 def build_app() -> FastAPI:
     """The replica's app; Serve calls this in the replica, never in the driver that deploys it."""
     return create_app(replica_settings())
+
+
+class DisconnectsLeftToTheApp:
+    """Marks every HTTP request with Serve's ``x-request-disconnect-disabled: ?1``.
+
+    Without it a replica's ingress runs each request as two extra asyncio tasks, one of them reading the
+    body to watch for the client going away so that Serve can cancel the call: about 50 µs of the event
+    loop per request, which is what bounds a replica. Glimpse does not need it: the batching engine
+    bounds every request by its own deadline, and the standalone service (uvicorn) runs a request to its
+    end as well. Installed by ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` (see
+    :func:`ingress_middlewares`), which wraps Serve's HTTP servers, the replicas' included.
+    """
+
+    HEADER = (SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER.encode(), b"?1")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["headers"] = [*scope["headers"], self.HEADER]
+        await self.app(scope, receive, send)
+
+
+def ingress_middlewares() -> list[Middleware]:
+    """Serve's HTTP callback: ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names this function."""
+    return [Middleware(DisconnectsLeftToTheApp)]
 
 
 class Replica:

@@ -25,6 +25,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from tests.serving import REPO_ROOT, free_port
 
 HEAD_IP, WORKER_IP = "127.0.0.3", "127.0.0.2"
@@ -60,8 +62,17 @@ class Node:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def cluster_env() -> dict[str, str]:
-    """The nodes' environment: workers import the repository; no GLIMPSE_* from the developer's shell."""
+def rayservice_env() -> dict[str, str]:
+    """The ``RAY_SERVE_*`` variables every node of deploy/ray/rayservice.yaml starts with."""
+    manifest = yaml.safe_load((REPO_ROOT / "deploy" / "ray" / "rayservice.yaml").read_text())
+    (head,) = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+    return {item["name"]: item["value"] for item in head["env"] if item["name"].startswith("RAY_SERVE_")}
+
+
+def cluster_env(temp_dir: Path) -> dict[str, str]:
+    """The nodes' environment: workers import the repository; no GLIMPSE_* from the developer's shell;
+    HAProxy's files under ``temp_dir`` (Serve's default is a fixed /tmp/haproxy-serve)."""
+    haproxy = temp_dir / "h"  # short: HAProxy's sockets live here, under a 56-character node id
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GLIMPSE_", "RAY_"))}
     env.update(
         PYTHONPATH=str(REPO_ROOT),
@@ -70,15 +81,19 @@ def cluster_env() -> dict[str, str]:
         # would then give up on its node.
         RAY_agent_register_timeout_ms="300000",
         RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="300",  # the dashboard's modules, likewise
-        # Serve's HAProxy ingress and the app on the replica's loop, as deploy/ray/rayservice.yaml runs
-        # them; a small maxconn fits any host's open-file limit, and the side ports are chosen free.
-        RAY_SERVE_ENABLE_HA_PROXY="1",
-        RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD="0",
+        # Serve as deploy/ray/rayservice.yaml runs it (HAProxy ingress, the app on the replica's loop, …);
+        # a small maxconn fits any host's open-file limit, and the side ports are chosen free.
+        **rayservice_env(),
         RAY_SERVE_HAPROXY_MAXCONN="256",
         RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
         RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
         RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_port()),
         RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_port()),
+        RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(haproxy / "haproxy.cfg"),
+        RAY_SERVE_HAPROXY_SOCKET_PATH=str(haproxy / "admin.sock"),
+        RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH=str(haproxy / "metrics.sock"),
+        RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(haproxy),
+        RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(haproxy / "server-state"),
     )
     return env
 
@@ -154,7 +169,7 @@ def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 
     """A head and a worker node, each with ``cpus_per_node`` CPUs."""
     gcs_address = f"{HEAD_IP}:{free_port()}"
     dashboard_port = free_port()
-    env = cluster_env()  # one environment for both nodes: the same Serve flags and side ports
+    env = cluster_env(temp_dir)  # one environment for both nodes: the same Serve flags and side ports
     with ExitStack() as stack:
         head = start_node(
             [

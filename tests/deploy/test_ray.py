@@ -24,8 +24,11 @@ import pytest
 import ray
 import yaml
 from PIL import Image
+from ray.serve._private.http_util import parse_disconnect_disabled_header, validate_http_proxy_callback_return
+from ray.serve._private.utils import call_function_from_import_path
 from ray.serve.schema import RayActorOptionsSchema, ServeDeploySchema
 from ray.util.state import list_actors
+from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
 from app.runtime import ray_serve
@@ -144,6 +147,41 @@ def test_an_operators_worker_count_wins(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "get_runtime_context", lambda: FakeRuntimeContext(2))
     assert ray_serve.replica_settings().workers == 3
+
+
+# --- Serve's HTTP callback ------------------------------------------------------------------------
+
+
+def test_the_rayservice_installs_the_ingress_callback_and_leaves_metrics_to_the_replicas() -> None:
+    spec = load_yaml(DEPLOY / "rayservice.yaml")["spec"]["rayClusterConfig"]
+    for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+        (container,) = group["template"]["spec"]["containers"]
+        env = {item["name"]: item["value"] for item in container["env"]}
+        assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "app.runtime.ray_serve:ingress_middlewares"
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+        # What Serve does with the variable when it starts an HTTP server (a replica's included).
+        middlewares = validate_http_proxy_callback_return(
+            call_function_from_import_path(env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"])
+        )
+        assert [m.cls for m in middlewares] == [ray_serve.DisconnectsLeftToTheApp]  # type: ignore[comparison-overlap]
+
+
+@pytest.mark.anyio
+async def test_the_callback_marks_requests_so_serve_runs_them_without_a_disconnect_watcher() -> None:
+    seen: list[Scope] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+
+    middleware = ray_serve.DisconnectsLeftToTheApp(inner)
+    headers = [(b"content-type", b"image/png")]
+    await middleware({"type": "http", "headers": headers}, None, None)  # type: ignore[arg-type]
+    await middleware({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    # Serve's replica reads the header this way to decide whether to watch the client.
+    assert parse_disconnect_disabled_header(dict(seen[0]["headers"])) is True
+    assert seen[0]["headers"][0] == (b"content-type", b"image/png")  # the client's headers kept
+    assert headers == [(b"content-type", b"image/png")]  # the client's list itself untouched
+    assert "headers" not in seen[1]
 
 
 # --- One replica, as Ray's replica wrapper runs it (no cluster) --------------------------------------
