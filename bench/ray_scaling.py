@@ -11,10 +11,16 @@ controller and ingress take no CPU reservation: what they cost shows in Ray's fi
 production. Ray and standalone alternate in every round, the order flipped each round, so that both see
 the same stretches of the machine. Requests reach the replicas through Serve's HAProxy ingress
 (``--ingress haproxy``, the default, as docs/deploy-ray.md recommends) or through Serve's Python HTTP
-proxy actor (``--ingress proxy``). It prints and writes req/s and p99 per count (median over rounds), the
-scaling efficiency (req/s at N over N × req/s at 1) and Ray's share of the standalone figure.
+proxy actor (``--ingress proxy``). With ``--client-cores K``, wrk runs on the last K cores and the side
+measured (the replicas with HAProxy and its manager, or the standalone server and its workers) on N
+replicas' worth of the others, so that N replicas get N times the cores and the load generator takes
+none of theirs; Ray's control plane (GCS, raylet, dashboard, Serve's controller) shares wrk's cores, as
+the RayService keeps it on a head node without replicas. It
+prints and writes req/s and p99 per count (median over rounds), the scaling efficiency (req/s at N over
+N × req/s at 1) and Ray's share of the standalone figure.
 
     python -m bench.ray_scaling                                  # CPU replicas, 1 2 4 8, 3 rounds
+    python -m bench.ray_scaling --replica-cpus 1 --client-cores 8   # a 16-core host: 8 cores for 8 replicas
     python -m bench.ray_scaling --kinds cpu gpu --concurrency 128   # the GPU host (bench/gpu/ray.sh)
     python -m bench.ray_scaling --plot bench/results/…-ray-scaling.json   # the plot again
 
@@ -31,6 +37,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import argparse
+import contextlib
 import json
 import resource
 import socket
@@ -56,6 +63,7 @@ def free_port() -> int:
 
 RAY_PORT, STANDALONE_PORT = free_port(), free_port()
 HAPROXY_DEFAULT_MAXCONN = 20_000  # Serve's RAY_SERVE_HAPROXY_MAXCONN default
+INGRESS_MIDDLEWARES = "app.runtime.ray_serve:ingress_middlewares"  # as deploy/ray/rayservice.yaml sets it
 APPLICATION = "glimpse"
 
 
@@ -70,12 +78,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--wrk-threads", type=int, default=4)
     parser.add_argument(
+        "--client-cores",
+        type=int,
+        default=0,
+        help="pin wrk to the last K cores, and the side measured (every Ray process, or the standalone "
+        "server) to replica-CPUs × N of the others; 0: nothing pinned",
+    )
+    parser.add_argument(
         "--replica-size",
         choices=["fixed", "split"],
         default="fixed",
         help="fixed: cores // max(--replicas) CPUs per replica; split: cores // N for N replicas",
     )
+    parser.add_argument(
+        "--replica-cpus", type=int, help="CPUs per replica (and threads per standalone worker), any count"
+    )
     parser.add_argument("--endpoint", default="/predict")
+    parser.add_argument(
+        "--get", action="store_true", help="GET the endpoint, no image (/health/live: the per-request cost)"
+    )
     parser.add_argument("--image", type=Path, default=BENCH / "canvas60.png")
     parser.add_argument(
         "--max-ongoing-requests", type=int, default=64, help="Serve's per-replica limit (the Serve config's)"
@@ -133,8 +154,10 @@ def deploy(replicas: int, options: dict[str, Any], max_ongoing: int) -> float:
 
 
 def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
-    wrk(url, args.concurrency, 2, args.wrk_threads, args.image)  # warm every replica's path
-    run = wrk(url, args.concurrency, args.duration, args.wrk_threads, args.image)
+    cpus = ",".join(map(str, client_cores(args))) or None
+    env = {"WRK_GET": "1"} if args.get else None
+    wrk(url, args.concurrency, 2, args.wrk_threads, args.image, env=env, cpus=cpus)  # warm every replica
+    run = wrk(url, args.concurrency, args.duration, args.wrk_threads, args.image, env=env, cpus=cpus)
     print(
         f"    {name:10s} {run['requests_per_s']:8.0f} req/s  p50 {run['p50_ms']:7.1f}  "
         f"p99 {run['p99_ms']:7.1f} ms  errors {run['errors']}",
@@ -143,14 +166,70 @@ def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     return run
 
 
+def client_cores(args: argparse.Namespace) -> list[int]:
+    """The cores wrk runs on with --client-cores K: the last K of this process's."""
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[len(cores) - args.client_cores :] if args.client_cores else []
+
+
 def replica_cpus(args: argparse.Namespace, replicas: int) -> int:
-    cores = len(os.sched_getaffinity(0))
+    if args.replica_cpus is not None:
+        cpus: int = args.replica_cpus
+        return cpus
+    cores: int = len(os.sched_getaffinity(0)) - args.client_cores
     return max(1, cores // (max(args.replicas) if args.replica_size == "fixed" else replicas))
+
+
+def service_cores(args: argparse.Namespace, replicas: int) -> list[int]:
+    """The cores of the side measured with N replicas or workers: N replicas' worth, wrk's left out."""
+    cores = sorted(os.sched_getaffinity(0))[: len(os.sched_getaffinity(0)) - args.client_cores]
+    return cores[: replica_cpus(args, replicas) * replicas]
+
+
+def descendants(root: int) -> list[int]:
+    """Process ids below ``root`` (from /proc: every child, grandchild, …)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def split_ray_processes(pids: list[int]) -> tuple[list[int], list[int]]:
+    """Ray's processes as (data path, control plane): the replicas, HAProxy and its manager, which run on
+    every node that serves, against GCS, raylet, dashboard, Serve's controller and the rest, which the
+    RayService keeps on a head node that holds no replica (``num-cpus: 0``)."""
+    data_path, control = [], []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        serving = b"ray::ServeReplica" in command or b"HAProxyManager" in command or b"bin/haproxy" in command
+        (data_path if serving else control).append(pid)
+    return data_path, control
+
+
+def pin(pids: list[int], cores: list[int]) -> None:
+    """Every thread of ``pids`` onto ``cores`` (affinity is per thread; new threads inherit it)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):  # the thread or process ended meanwhile
+                os.sched_setaffinity(int(task.name), cores)
 
 
 def sized_env(args: argparse.Namespace, replicas: int, env: dict[str, str]) -> dict[str, str]:
     """``env`` for both sides; with fixed-size replicas, the threads of one replica for every worker."""
-    if args.replica_size == "split":
+    if args.replica_size == "split" and not args.replica_cpus:
         return env
     threads = str(replica_cpus(args, replicas))
     return {"GLIMPSE_TORCH_THREADS": threads, "GLIMPSE_DECODE_THREADS": threads} | env
@@ -165,6 +244,10 @@ def ray_side(args: argparse.Namespace, kind: str, replicas: int, env: dict[str, 
     if gpu_share:
         options["num_gpus"] = gpu_share
     ready_s = deploy(replicas, options, args.max_ongoing_requests)
+    if args.client_cores:
+        data_path, control = split_ray_processes(descendants(os.getpid()))
+        pin(data_path, service_cores(args, replicas))
+        pin(control, client_cores(args))
     try:
         run = measure("ray", f"http://127.0.0.1:{RAY_PORT}{args.endpoint}", args)
     finally:
@@ -174,6 +257,8 @@ def ray_side(args: argparse.Namespace, kind: str, replicas: int, env: dict[str, 
 
 def standalone_side(args: argparse.Namespace, workers: int, env: dict[str, str]) -> dict[str, Any]:
     with glimpse_server(sized_env(args, workers, env), STANDALONE_PORT, workers) as server:
+        if args.client_cores:
+            pin([server["pid"], *descendants(server["pid"])], service_cores(args, workers))
         run = measure("standalone", f"{server['base']}{args.endpoint}", args)
         return {"ready_s": server["ready_s"], **run}
 
@@ -242,7 +327,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def use_haproxy_ingress() -> None:
     """Serve as deploy/ray/rayservice.yaml runs it, for the Ray processes this driver starts (they
-    inherit its environment): the HAProxy ingress, and the app on each replica's own event loop.
+    inherit its environment): the HAProxy ingress, the app on each replica's own event loop, the ingress
+    metrics from the replicas, and no disconnect watcher per request.
 
     HAProxy wants about 2.5 descriptors per connection; its default ``maxconn`` (20,000) needs more than
     many hosts' open-file limit, so the limit is raised as far as the hard one allows (the launcher's
@@ -254,10 +340,20 @@ def use_haproxy_ingress() -> None:
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     os.environ.setdefault("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0")
     os.environ.setdefault("RAY_SERVE_HAPROXY_MAXCONN", str(min(HAPROXY_DEFAULT_MAXCONN, fits)))
+    # Per-request ingress metrics from the replicas instead of HAProxy's log parsed by the Python
+    # HAProxyManager, and no disconnect watcher per request (app.runtime.ray_serve.ingress_middlewares).
+    # Set either to the other value (an empty path for the callback) around the command to compare.
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_ENABLED", "0")
+    os.environ.setdefault(
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "app.runtime.ray_serve:ingress_middlewares"
+    )
 
 
 def main() -> None:
     args = parse_args()
+    largest = max(args.replicas)
+    if args.client_cores and len(service_cores(args, largest)) < largest * replica_cpus(args, largest):
+        raise SystemExit("--client-cores: wrk's cores and the largest count's replicas don't fit here")
     if args.plot:
         plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
         return
@@ -269,6 +365,8 @@ def main() -> None:
         "ray": ray.__version__,
         "ingress": args.ingress,
         "replica_size": args.replica_size,
+        "client_cores": client_cores(args),
+        "service_cores": {n: service_cores(args, n) for n in args.replicas} if args.client_cores else None,
         "kinds": {},
     }
     # Serve's feature flags (set here for --ingress haproxy, or around the command) reach Ray's processes.

@@ -73,9 +73,12 @@ def wrk(
     image: Path,
     script: str = "multipart.lua",
     env: dict[str, str] | None = None,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
-    """wrk on ``url`` with a script of bench/wrk/ (multipart.lua posts ``image``; v2.lua reads ``env``)."""
+    """wrk on ``url`` with a script of bench/wrk/ (multipart.lua posts ``image``; v2.lua reads ``env``),
+    on the cores ``cpus`` names (taskset's list syntax) where given."""
     command = [
+        *(["taskset", "-c", cpus] if cpus else []),
         "wrk",
         "-s",
         str(BENCH / "wrk" / script),
