@@ -208,7 +208,8 @@ def split_ray_processes(pids: list[int]) -> tuple[list[int], list[int]]:
     """Ray's processes as (data path, control plane): the replicas, HAProxy and its manager, which run on
     every node that serves, against GCS, raylet, dashboard, Serve's controller and the rest, which the
     RayService keeps on a head node that holds no replica (``num-cpus: 0``)."""
-    data_path, control = [], []
+    data_path: list[int] = []
+    control: list[int] = []
     for pid in pids:
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
