@@ -59,8 +59,8 @@ class DisconnectsLeftToTheApp:
     """Marks every HTTP request with Serve's ``x-request-disconnect-disabled: ?1``.
 
     Without it a replica's ingress runs each request as two extra asyncio tasks, one of them reading the
-    body to watch for the client going away so that Serve can cancel the call: about 50 µs of the event
-    loop per request, which is what bounds a replica. Glimpse does not need it: the batching engine
+    body to watch for the client going away so that Serve can cancel the call: some 40 µs per request on
+    the replica's event loop (bench/results/ab-ray-ingress). Glimpse does not need it: the batching engine
     bounds every request by its own deadline, and the standalone service (uvicorn) runs a request to its
     end as well. Installed by ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` (see
     :func:`ingress_middlewares`), which wraps Serve's HTTP servers, the replicas' included.
