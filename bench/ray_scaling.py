@@ -15,9 +15,9 @@ proxy actor (``--ingress proxy``). With ``--client-cores K``, wrk runs on the la
 measured (the replicas with HAProxy and its manager, or the standalone server and its workers) on N
 replicas' worth of the others, so that N replicas get N times the cores and the load generator takes
 none of theirs; Ray's control plane (GCS, raylet, dashboard, Serve's controller) shares wrk's cores, as
-the RayService keeps it on a head node without replicas. It
-prints and writes req/s and p99 per count (median over rounds), the scaling efficiency (req/s at N over
-N × req/s at 1) and Ray's share of the standalone figure.
+the RayService keeps it on a head node without replicas. It prints and writes req/s and p99 per count
+(median over rounds), the scaling efficiency (req/s at N over N × req/s at 1) and Ray's share of the
+standalone figure.
 
     python -m bench.ray_scaling                                  # CPU replicas, 1 2 4 8, 3 rounds
     python -m bench.ray_scaling --replica-cpus 1 --client-cores 8   # a 16-core host: 8 cores for 8 replicas
@@ -81,8 +81,8 @@ def parse_args() -> argparse.Namespace:
         "--client-cores",
         type=int,
         default=0,
-        help="pin wrk to the last K cores, and the side measured (every Ray process, or the standalone "
-        "server) to replica-CPUs × N of the others; 0: nothing pinned",
+        help="pin wrk and Ray's control plane to the last K cores, and the side measured (the replicas with "
+        "HAProxy, or the standalone server) to replica-CPUs × N of the others; 0: nothing pinned",
     )
     parser.add_argument(
         "--replica-size",
@@ -345,9 +345,7 @@ def use_haproxy_ingress() -> None:
     # HAProxyManager, and no disconnect watcher per request (app.runtime.ray_serve.ingress_middlewares).
     # Set either to the other value (an empty path for the callback) around the command to compare.
     os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_ENABLED", "0")
-    os.environ.setdefault(
-        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "app.runtime.ray_serve:ingress_middlewares"
-    )
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", INGRESS_MIDDLEWARES)
 
 
 def main() -> None:
