@@ -194,14 +194,9 @@ class DomainScorer:
 
     def feature_score(self, features: Tensor, classes: Tensor) -> Tensor:
         """The score of (B, D) features of images of the given predicted classes alone, (B,)."""
-        whitened = torch.addmm(
-            self._whitened_means.index_select(0, classes), features, self._whitening_t, beta=-1
-        )
-        norm: Tensor = torch.linalg.vector_norm(whitened, dim=1)
-        # 2^-(d/t)^4 with d = ‖·‖/√D in three operations; a norm too large for its 4th power gives inf,
-        # then a score of 0.
-        scale = -((math.sqrt(features.shape[1]) * self.threshold) ** -4)
-        return torch.exp2(norm.pow_(4).mul_(scale))
+        distance = self.distance(features, classes)
+        # 2^-(d/t)^4 in three operations; a distance too large to raise to the 4th gives inf, then 0.
+        return torch.exp2(distance.pow_(4).mul_(-(self.threshold**-4)))
 
     def with_colour(self, score: Tensor, colourful: Tensor | None) -> DomainVerdict:
         """Combine feature scores (B,) with each image's :func:`colourful_fraction` (B,) into verdicts.
