@@ -45,17 +45,33 @@ def bundled() -> tuple[AttentionNet, ModelCard, DomainScorer]:
     return model, card, scorer
 
 
+# The engine's two precisions on the CPU: float32, and the model under bfloat16 autocast where the CPU
+# runs bfloat16 (AMX Xeons; app.runtime.device decides). Autocast runs on any x86 CPU, emulated where it
+# lacks bfloat16, so both are checked wherever the suite runs.
+PRECISIONS = [None, torch.bfloat16]
+
+
+def batch(card: ModelCard, images: list[Image.Image]) -> torch.Tensor:
+    """Images of one size as the model's normalised input, (B, C, H, W)."""
+    return torch.cat(
+        [normalize_pixels(to_pixels(i, card.preprocessing).unsqueeze(0), card.preprocessing) for i in images]
+    )
+
+
 @torch.inference_mode()
 def verdicts(
-    bundled: tuple[AttentionNet, ModelCard, DomainScorer], images: list[Image.Image]
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer],
+    images: list[Image.Image],
+    amp_dtype: torch.dtype | None = None,
 ) -> list[tuple[float, bool]]:
-    """Each image alone through the serving preprocessing, the model and the scorer."""
+    """Each image alone through the serving preprocessing, the model (under autocast in ``amp_dtype``
+    where given, as the engine runs it) and the scorer."""
     model, card, scorer = bundled
     results = []
     for image in images:
-        x = normalize_pixels(to_pixels(image, card.preprocessing).unsqueeze(0), card.preprocessing)
-        colourful = torch.tensor([colourful_fraction(image)])
-        verdict = scorer.score(model(x), colourful=colourful)
+        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            output = model(batch(card, [image]))
+        verdict = scorer.score(output, colourful=torch.tensor([colourful_fraction(image)]))
         results.append((float(verdict.score[0]), bool(verdict.in_distribution[0])))
     return results
 
@@ -65,9 +81,10 @@ def canvas_images(size: int, count: int = 25) -> list[Image.Image]:
     return [Image.fromarray(array, mode="L") for array in canvases.images[:count].numpy()]
 
 
+@pytest.mark.parametrize("amp_dtype", PRECISIONS, ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("size", [60, 100])
 def test_canvases_pass_in_every_form_users_send(
-    bundled: tuple[AttentionNet, ModelCard, DomainScorer], size: int
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer], size: int, amp_dtype: torch.dtype | None
 ) -> None:
     pictures = canvas_images(size)
     forms = {
@@ -77,11 +94,14 @@ def test_canvases_pass_in_every_form_users_send(
         **polarity_variants(pictures),
     }
     for name, images in forms.items():
-        flags = [ok for _, ok in verdicts(bundled, images)]
+        flags = [ok for _, ok in verdicts(bundled, images, amp_dtype)]
         assert sum(not ok for ok in flags) <= 1, f"{name}: {flags.count(False)} of {len(flags)} flagged"
 
 
-def test_everyday_images_are_flagged(bundled: tuple[AttentionNet, ModelCard, DomainScorer]) -> None:
+@pytest.mark.parametrize("amp_dtype", PRECISIONS, ids=["float32", "bfloat16"])
+def test_everyday_images_are_flagged(
+    bundled: tuple[AttentionNet, ModelCard, DomainScorer], amp_dtype: torch.dtype | None
+) -> None:
     """The issue's target, 95 % of out-of-domain images flagged, on images of all three groups drawn with
     seeds of their own (72 images: at most three may pass)."""
     families = {
@@ -89,7 +109,9 @@ def test_everyday_images_are_flagged(bundled: tuple[AttentionNet, ModelCard, Dom
         **render(HELD_OUT_FAMILIES, 4, seed=98),
         **render(EVALUATION_FAMILIES, 4, seed=97),
     }
-    flagged = {name: [not ok for _, ok in verdicts(bundled, images)] for name, images in families.items()}
+    flagged = {
+        name: [not ok for _, ok in verdicts(bundled, images, amp_dtype)] for name, images in families.items()
+    }
     everything = [flag for flags in flagged.values() for flag in flags]
     assert np.mean(everything) >= 0.95, {name: sum(flags) for name, flags in flagged.items()}
 
@@ -150,9 +172,7 @@ def test_the_distance_is_to_the_predicted_class(
     predicts, the class mean most canvases are nearest to."""
     model, card, scorer = bundled
     images = canvas_images(60, 8)
-    x = torch.cat(
-        [normalize_pixels(to_pixels(i, card.preprocessing).unsqueeze(0), card.preprocessing) for i in images]
-    )
+    x = batch(card, images)
     with torch.inference_mode():
         output = model(x)
         features = scorer.features(output)
@@ -171,9 +191,7 @@ def test_the_engine_s_ranking_gives_the_same_score(
     scorer computes on its own."""
     model, card, scorer = bundled
     images = canvas_images(60, 4)
-    x = torch.cat(
-        [normalize_pixels(to_pixels(i, card.preprocessing).unsqueeze(0), card.preprocessing) for i in images]
-    )
+    x = batch(card, images)
     with torch.inference_mode():
         output = model(x)
         ranked = torch.softmax(output.logits, 1).sort(dim=1, descending=True, stable=True)
