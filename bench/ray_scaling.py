@@ -52,7 +52,7 @@ from ray import serve
 
 from app.runtime.protocol import raise_file_limit
 from app.runtime.ray_serve import Glimpse
-from bench.run import BENCH, glimpse_server, machine, result_header, write_result, wrk
+from bench.run import BENCH, glimpse_server, machine, process_tree, result_header, write_result, wrk
 
 
 def free_port() -> int:
@@ -166,42 +166,29 @@ def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     return run
 
 
-def client_cores(args: argparse.Namespace) -> list[int]:
-    """The cores wrk runs on with --client-cores K: the last K of this process's."""
+def host_cores(args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """This process's cores as (the sides', wrk's): wrk's the last --client-cores of them."""
     cores = sorted(os.sched_getaffinity(0))
-    return cores[len(cores) - args.client_cores :] if args.client_cores else []
+    split = len(cores) - args.client_cores
+    return cores[:split], cores[split:]
+
+
+def client_cores(args: argparse.Namespace) -> list[int]:
+    """The cores wrk (and, pinned, Ray's control plane) run on."""
+    return host_cores(args)[1]
 
 
 def replica_cpus(args: argparse.Namespace, replicas: int) -> int:
     if args.replica_cpus is not None:
         cpus: int = args.replica_cpus
         return cpus
-    cores: int = len(os.sched_getaffinity(0)) - args.client_cores
+    cores = len(host_cores(args)[0])
     return max(1, cores // (max(args.replicas) if args.replica_size == "fixed" else replicas))
 
 
 def service_cores(args: argparse.Namespace, replicas: int) -> list[int]:
     """The cores of the side measured with N replicas or workers: N replicas' worth, wrk's left out."""
-    cores = sorted(os.sched_getaffinity(0))[: len(os.sched_getaffinity(0)) - args.client_cores]
-    return cores[: replica_cpus(args, replicas) * replicas]
-
-
-def descendants(root: int) -> list[int]:
-    """Process ids below ``root`` (from /proc: every child, grandchild, …)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
+    return host_cores(args)[0][: replica_cpus(args, replicas) * replicas]
 
 
 def split_ray_processes(pids: list[int]) -> tuple[list[int], list[int]]:
@@ -246,7 +233,7 @@ def ray_side(args: argparse.Namespace, kind: str, replicas: int, env: dict[str, 
         options["num_gpus"] = gpu_share
     ready_s = deploy(replicas, options, args.max_ongoing_requests)
     if args.client_cores:
-        data_path, control = split_ray_processes(descendants(os.getpid()))
+        data_path, control = split_ray_processes(process_tree(os.getpid())[1:])
         pin(data_path, service_cores(args, replicas))
         pin(control, client_cores(args))
     try:
@@ -259,7 +246,7 @@ def ray_side(args: argparse.Namespace, kind: str, replicas: int, env: dict[str, 
 def standalone_side(args: argparse.Namespace, workers: int, env: dict[str, str]) -> dict[str, Any]:
     with glimpse_server(sized_env(args, workers, env), STANDALONE_PORT, workers) as server:
         if args.client_cores:
-            pin([server["pid"], *descendants(server["pid"])], service_cores(args, workers))
+            pin(process_tree(server["pid"]), service_cores(args, workers))
         run = measure("standalone", f"{server['base']}{args.endpoint}", args)
         return {"ready_s": server["ready_s"], **run}
 
