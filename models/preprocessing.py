@@ -74,8 +74,8 @@ def has_light_border(pixels: NDArray[np.uint8]) -> bool:
     return bool(np.median(values) > 127.5 * channels)
 
 
-# Up to 256×256 a cached mask reads the ring fastest (4 against 8 µs on a 60×60 canvas); the cache then
-# holds at most 64 such masks, 4 MiB. Past it, reading the sides is faster than a whole-image mask.
+# Up to 256×256 a cached mask reads the ring (a 60×60 canvas: ``python -m bench.domain_cost``); the cache
+# then holds at most 64 such masks, 4 MiB. Larger images read the ring's sides: no mask of theirs is kept.
 MASKED_RING_MAX_PIXELS = 256 * 256
 
 
