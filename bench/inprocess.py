@@ -21,7 +21,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.engine.engine import EngineConfig, InferenceEngine
-from app.engine.forward import MapRequest, Prediction
+from app.engine.work import MapRequest, Prediction
 from app.pipeline import answers
 from app.pipeline.answers import Domain
 from app.pipeline.imaging import DecodedImage, convert_image, open_image
@@ -162,7 +162,7 @@ def map_cost(
 
 
 def _as_prediction(grid: torch.Tensor, heat: Any) -> Any:
-    from app.engine.forward import Prediction
+    from app.engine.work import Prediction
 
     return Prediction([0], [1.0], target=0, grid=grid, heat=heat)
 

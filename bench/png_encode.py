@@ -30,7 +30,7 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
-from app.engine.forward import MapRequest
+from app.engine.work import MapRequest
 from app.pipeline.imaging import convert_image, encode_png, open_image
 from bench.inprocess import InProcess, build_predictor, ceiling
 from models.checkpoint import DEFAULT_MODEL_DIR

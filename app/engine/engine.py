@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from app.engine.batcher import Admission, Batcher, BatchPolicy
-from app.engine.forward import ForwardConfig, ForwardWork, ImageWork, MapRequest, Prediction
+from app.engine.forward import ForwardWork
+from app.engine.work import ForwardConfig, ImageWork, MapRequest, Prediction
 from app.runtime.device import Precision
 from app.runtime.metrics import Metrics
 from models.attention_net import AttentionNet

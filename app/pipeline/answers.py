@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.forward import Prediction
+from app.engine.work import Prediction
 from app.pipeline.imaging import DecodedImage, encode_png, overlay
 from app.pipeline.query import Query
 from models.domain import WARNING

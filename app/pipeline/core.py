@@ -30,7 +30,7 @@ from PIL import Image
 from starlette.types import Receive, Scope
 
 from app.engine.engine import InferenceEngine
-from app.engine.forward import MapRequest, Prediction
+from app.engine.work import MapRequest, Prediction
 from app.errors import (
     DeadlineExceeded,
     GlimpseError,

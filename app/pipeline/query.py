@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-from app.engine.forward import MapKind
+from app.engine.work import MapKind
 from app.errors import InvalidParameter
 from app.pipeline.imaging import Colormap
 

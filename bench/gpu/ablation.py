@@ -33,7 +33,8 @@ SWITCHES = {
 def check_no_implicit_sync() -> None:
     from app.config import Settings
     from app.engine.engine import EngineConfig
-    from app.engine.forward import ForwardWork, MapRequest
+    from app.engine.forward import ForwardWork
+    from app.engine.work import MapRequest
     from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
     model, card = load_model(DEFAULT_MODEL_DIR, "cuda")

@@ -24,7 +24,8 @@ import torch
 
 from app.config import Settings
 from app.engine.engine import EngineConfig
-from app.engine.forward import ForwardWork, MapRequest, Prediction
+from app.engine.forward import ForwardWork
+from app.engine.work import MapRequest, Prediction
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
 SIZE = 60

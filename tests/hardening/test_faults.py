@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from app.config import Settings
 from app.engine.engine import EngineConfig, InferenceEngine
-from app.engine.forward import Prediction
+from app.engine.work import Prediction
 from app.errors import Overloaded
 from app.runtime.device import BFLOAT16_UNSUPPORTED
 from app.runtime.metrics import Metrics

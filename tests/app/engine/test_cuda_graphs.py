@@ -15,7 +15,8 @@ import torch
 from app.config import Settings
 from app.engine.cuda_graphs import GraphedBatch, cheapest_plan
 from app.engine.engine import EngineConfig
-from app.engine.forward import ForwardWork, MapKind, MapRequest, Prediction
+from app.engine.forward import ForwardWork
+from app.engine.work import MapKind, MapRequest, Prediction
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

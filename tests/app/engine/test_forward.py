@@ -8,15 +8,8 @@ import torch
 
 from app.config import Settings
 from app.engine.engine import EngineConfig
-from app.engine.forward import (
-    ForwardWork,
-    ImageWork,
-    MapKind,
-    MapRequest,
-    Prediction,
-    plan_groups,
-    rank_classes,
-)
+from app.engine.forward import ForwardWork
+from app.engine.work import ImageWork, MapKind, MapRequest, Prediction, plan_groups, rank_classes
 from models.attention_net import channels_last
 from models.checkpoint import DEFAULT_MODEL_DIR, load_model
 from models.maps import render_heatmaps
