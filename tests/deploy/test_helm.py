@@ -209,14 +209,32 @@ def test_cpu_values_request_no_gpu(render: Render, values: str) -> None:
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_every_glimpse_variable_is_a_setting(render: Render, values: str) -> None:
     """A misspelt key under ``settings`` would be ignored by the service; the chart's names are real."""
-    fields = {f"GLIMPSE_{name.upper()}" for name in Settings.model_fields}
     names = {name for name in env_of(container_of(render(values))) if name.startswith("GLIMPSE_")}
-    assert names <= fields, names - fields
+    assert names <= SETTINGS_VARIABLES, names - SETTINGS_VARIABLES
     # Each worker's share of threads is explicit: a CPU limit does not narrow the affinity Glimpse reads.
     assert {"GLIMPSE_TORCH_THREADS", "GLIMPSE_DECODE_THREADS", "GLIMPSE_SHUTDOWN_DRAIN_S"} <= names
 
 
-@pytest.mark.parametrize("key", ["shutdown_drain_s", "api_keys"])
+def settings_variable(field: str) -> str:
+    """The environment variable the service reads a setting from (an alias where the field has one)."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"GLIMPSE_{field.upper()}"
+
+
+# The variables Settings reads: `workers` is WEB_CONCURRENCY, so GLIMPSE_WORKERS would be ignored.
+SETTINGS_VARIABLES = {settings_variable(field) for field in Settings.model_fields}
+
+
+def test_settings_variables_are_the_ones_the_service_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names above are what Settings reads, and GLIMPSE_WORKERS is not among them."""
+    assert "GLIMPSE_WORKERS" not in SETTINGS_VARIABLES
+    assert {"WEB_CONCURRENCY", "GLIMPSE_MAX_BATCH_SIZE"} <= SETTINGS_VARIABLES
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setenv("GLIMPSE_WORKERS", "4")
+    assert Settings().workers == 1
+
+
+@pytest.mark.parametrize("key", ["shutdown_drain_s", "api_keys", "workers"])
 def test_settings_the_chart_owns_are_refused(helm: Path, key: str) -> None:
     result = run_helm(helm, "template", "g", str(CHART), "--set", f"settings.{key}=1")
     assert result.returncode != 0
