@@ -7,6 +7,7 @@ arithmetic, the security context, the GPU request, the autoscaler, the API-key S
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,20 @@ def test_settings_variables_are_the_ones_the_service_reads(monkeypatch: pytest.M
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.setenv("GLIMPSE_WORKERS", "4")
     assert Settings().workers == 1
+
+
+def test_values_schema_knows_exactly_the_settings() -> None:
+    """values.schema.json lists every setting, and only those, so helm can refuse a misspelt one."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["settings"]
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(Settings.model_fields)
+
+
+def test_a_misspelt_setting_is_refused(helm: Path) -> None:
+    """The service ignores unknown GLIMPSE_* variables; the chart refuses the name instead."""
+    result = run_helm(helm, "template", "g", str(CHART), "--set", "settings.max_batch_szie=64")
+    assert result.returncode != 0
+    assert "additional properties 'max_batch_szie' not allowed" in result.stderr
 
 
 @pytest.mark.parametrize("key", ["shutdown_drain_s", "api_keys", "workers"])
