@@ -185,6 +185,31 @@ def dockerfile_uid() -> int:
     return int(match.group(1))
 
 
+# Measured resident memory of one worker (values.yaml, settings): after ready on CPU; after ready on a
+# GPU (16 GPU workers' proportional set size, docs/operations.md); and the peak per pixel in flight
+# (2048² attention maps with overlays, eight at a time).
+WORKER_BASE_MIB = {"cpu": 300, "cuda": 830}
+BYTES_PER_INFLIGHT_PIXEL = 135
+QUANTITY_MIB = {"Mi": 1, "Gi": 1024}
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_memory_limit_covers_the_images_each_worker_admits(render: Render, values: str) -> None:
+    """An OOM kill loses every request in flight: the limit covers each worker's worst case."""
+    container = container_of(render(values))
+    env = env_of(container)
+    settings = Settings(
+        max_image_pixels=int(env["GLIMPSE_MAX_IMAGE_PIXELS"]),
+        max_inflight_pixels=int(env["GLIMPSE_MAX_INFLIGHT_PIXELS"]),
+    )
+    limit = container["resources"]["limits"]["memory"]
+    limit_mib = int(limit[:-2]) * QUANTITY_MIB[limit[-2:]]
+    worker_mib = (
+        WORKER_BASE_MIB[env["GLIMPSE_DEVICE"]] + BYTES_PER_INFLIGHT_PIXEL * settings.inflight_pixels() / 2**20
+    )
+    assert limit_mib >= int(env["WEB_CONCURRENCY"]) * worker_mib
+
+
 def test_gpu_values_request_a_gpu_and_land_on_gpu_nodes(render: Render) -> None:
     objects = render("gpu")
     container = container_of(objects)
@@ -233,6 +258,35 @@ def test_settings_variables_are_the_ones_the_service_reads(monkeypatch: pytest.M
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.setenv("GLIMPSE_WORKERS", "4")
     assert Settings().workers == 1
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_the_service_reads_every_rendered_setting_as_the_values_say(
+    render: Render, values: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings built from the pod's environment validate and equal the values file's settings."""
+    env = env_of(container_of(render(values)))
+    for name in SETTINGS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if name in SETTINGS_VARIABLES and isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    for key, value in merged_values(values)["settings"].items():
+        assert getattr(settings, key) == value, key
+    assert settings.workers == merged_values(values)["workers"]
+
+
+def test_large_and_fractional_numbers_render_as_the_service_parses_them(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helm prints a values file's 16777216 as 1.6777216e+07, which the service would refuse to start on."""
+    objects = render("default", "--values", str(ROOT / "tests" / "deploy" / "values-numbers.yaml"))
+    env = env_of(container_of(objects))
+    assert env["GLIMPSE_MAX_BODY_BYTES"] == "16777216"
+    assert env["GLIMPSE_MAX_BATCH_DELAY_MS"] == "2.5"
+    monkeypatch.setenv("GLIMPSE_MAX_BODY_BYTES", env["GLIMPSE_MAX_BODY_BYTES"])
+    assert Settings().max_body_bytes == 16777216
 
 
 def test_values_schema_knows_exactly_the_settings() -> None:
