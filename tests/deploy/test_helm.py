@@ -7,6 +7,7 @@ arithmetic, the security context, the GPU request, the autoscaler, the API-key S
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,31 @@ def dockerfile_uid() -> int:
     return int(match.group(1))
 
 
+# Measured resident memory of one worker (values.yaml, settings): after ready on CPU; after ready on a
+# GPU (16 GPU workers' proportional set size, docs/operations.md); and the peak per pixel in flight
+# (2048² attention maps with overlays, eight at a time).
+WORKER_BASE_MIB = {"cpu": 300, "cuda": 830}
+BYTES_PER_INFLIGHT_PIXEL = 135
+QUANTITY_MIB = {"Mi": 1, "Gi": 1024}
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_memory_limit_covers_the_images_each_worker_admits(render: Render, values: str) -> None:
+    """An OOM kill loses every request in flight: the limit covers each worker's worst case."""
+    container = container_of(render(values))
+    env = env_of(container)
+    settings = Settings(
+        max_image_pixels=int(env["GLIMPSE_MAX_IMAGE_PIXELS"]),
+        max_inflight_pixels=int(env["GLIMPSE_MAX_INFLIGHT_PIXELS"]),
+    )
+    limit = container["resources"]["limits"]["memory"]
+    limit_mib = int(limit[:-2]) * QUANTITY_MIB[limit[-2:]]
+    worker_mib = (
+        WORKER_BASE_MIB[env["GLIMPSE_DEVICE"]] + BYTES_PER_INFLIGHT_PIXEL * settings.inflight_pixels() / 2**20
+    )
+    assert limit_mib >= int(env["WEB_CONCURRENCY"]) * worker_mib
+
+
 def test_gpu_values_request_a_gpu_and_land_on_gpu_nodes(render: Render) -> None:
     objects = render("gpu")
     container = container_of(objects)
@@ -209,14 +235,75 @@ def test_cpu_values_request_no_gpu(render: Render, values: str) -> None:
 @pytest.mark.parametrize("values", ALL_VALUES)
 def test_every_glimpse_variable_is_a_setting(render: Render, values: str) -> None:
     """A misspelt key under ``settings`` would be ignored by the service; the chart's names are real."""
-    fields = {f"GLIMPSE_{name.upper()}" for name in Settings.model_fields}
     names = {name for name in env_of(container_of(render(values))) if name.startswith("GLIMPSE_")}
-    assert names <= fields, names - fields
+    assert names <= SETTINGS_VARIABLES, names - SETTINGS_VARIABLES
     # Each worker's share of threads is explicit: a CPU limit does not narrow the affinity Glimpse reads.
     assert {"GLIMPSE_TORCH_THREADS", "GLIMPSE_DECODE_THREADS", "GLIMPSE_SHUTDOWN_DRAIN_S"} <= names
 
 
-@pytest.mark.parametrize("key", ["shutdown_drain_s", "api_keys"])
+def settings_variable(field: str) -> str:
+    """The environment variable the service reads a setting from (an alias where the field has one)."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"GLIMPSE_{field.upper()}"
+
+
+# The variables Settings reads: `workers` is WEB_CONCURRENCY, so GLIMPSE_WORKERS would be ignored.
+SETTINGS_VARIABLES = {settings_variable(field) for field in Settings.model_fields}
+
+
+def test_settings_variables_are_the_ones_the_service_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names above are what Settings reads, and GLIMPSE_WORKERS is not among them."""
+    assert "GLIMPSE_WORKERS" not in SETTINGS_VARIABLES
+    assert {"WEB_CONCURRENCY", "GLIMPSE_MAX_BATCH_SIZE"} <= SETTINGS_VARIABLES
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setenv("GLIMPSE_WORKERS", "4")
+    assert Settings().workers == 1
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_the_service_reads_every_rendered_setting_as_the_values_say(
+    render: Render, values: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings built from the pod's environment validate and equal the values file's settings."""
+    env = env_of(container_of(render(values)))
+    for name in SETTINGS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if name in SETTINGS_VARIABLES and isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    for key, value in merged_values(values)["settings"].items():
+        assert getattr(settings, key) == value, key
+    assert settings.workers == merged_values(values)["workers"]
+
+
+def test_large_and_fractional_numbers_render_as_the_service_parses_them(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """helm prints a values file's 16777216 as 1.6777216e+07, which the service would refuse to start on."""
+    objects = render("default", "--values", str(ROOT / "tests" / "deploy" / "values-numbers.yaml"))
+    env = env_of(container_of(objects))
+    assert env["GLIMPSE_MAX_BODY_BYTES"] == "16777216"
+    assert env["GLIMPSE_MAX_BATCH_DELAY_MS"] == "2.5"
+    monkeypatch.setenv("GLIMPSE_MAX_BODY_BYTES", env["GLIMPSE_MAX_BODY_BYTES"])
+    assert Settings().max_body_bytes == 16777216
+
+
+def test_values_schema_knows_exactly_the_settings() -> None:
+    """values.schema.json lists every setting, and only those, so helm can refuse a misspelt one."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["settings"]
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(Settings.model_fields)
+
+
+def test_a_misspelt_setting_is_refused(helm: Path) -> None:
+    """The service ignores unknown GLIMPSE_* variables; the chart refuses the name instead."""
+    result = run_helm(helm, "template", "g", str(CHART), "--set", "settings.max_batch_szie=64")
+    assert result.returncode != 0
+    assert "additional properties 'max_batch_szie' not allowed" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["shutdown_drain_s", "api_keys", "workers"])
 def test_settings_the_chart_owns_are_refused(helm: Path, key: str) -> None:
     result = run_helm(helm, "template", "g", str(CHART), "--set", f"settings.{key}=1")
     assert result.returncode != 0

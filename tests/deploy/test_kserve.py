@@ -18,6 +18,7 @@ import kubernetes.client.models
 import kubernetes_validate
 import pytest
 
+from app.config import Settings
 from app.runtime.launcher import parse_args
 from tests.deploy.conftest import KUBERNETES_VERSION, ROOT, Manifest, Render, env_of, load_yaml, only
 
@@ -113,8 +114,19 @@ def test_speaks_the_open_inference_protocol_in_standard_mode(manifest: Manifest,
     assert [p["containerPort"] for p in container["ports"]] == [args.port] == [8080]
 
 
+def settings_from(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The settings the service reads from ``env`` (API keys aside: a Secret either way)."""
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        monkeypatch.delenv(alias if isinstance(alias, str) else f"GLIMPSE_{field.upper()}", raising=False)
+    for name, value in env.items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    return Settings().model_dump()
+
+
 def test_same_probes_resources_and_hardening_as_the_chart(
-    render: Render, manifest: Manifest, container: Manifest
+    render: Render, manifest: Manifest, container: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deployment = only(render("default"), "Deployment")
     chart_pod = deployment["spec"]["template"]["spec"]
@@ -136,6 +148,8 @@ def test_same_probes_resources_and_hardening_as_the_chart(
     for name, value in env_of(container).items():
         if name.startswith(("GLIMPSE_", "WEB_", "HOME", "TMPDIR", "PYTHON")) and name != "GLIMPSE_API_KEYS":
             assert chart_env[name] == value, name
+    # Both ways: the service configured by either manifest runs with the same settings.
+    assert settings_from(env_of(container), monkeypatch) == settings_from(chart_env, monkeypatch)
     assert (
         parse_args(container["args"]).timeout_graceful_shutdown
         == parse_args(chart["args"]).timeout_graceful_shutdown
