@@ -104,6 +104,9 @@ def test_rayservice_deploys_the_serve_config_with_the_pinned_ray() -> None:
         # Every node's Ray processes run Serve's HAProxy ingress, not the Python proxy actor.
         assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in container["env"]
         assert {"name": "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "value": "0"} in container["env"]
+        # The replicas inherit the keys from the pod, as the KServe predictor gets them.
+        keys = {"secretKeyRef": {"name": "glimpse-api-keys", "key": "api-keys", "optional": True}}
+        assert {"name": "GLIMPSE_API_KEYS", "valueFrom": keys} in container["env"]
     # The worker pods hold max_replicas replicas at the replicas' CPU request.
     (deployment,) = yaml.safe_load(spec["serveConfigV2"])["applications"][0]["deployments"]
     worker_cpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
@@ -156,7 +159,7 @@ def test_the_rayservice_installs_the_ingress_callback_and_leaves_metrics_to_the_
     spec = load_yaml(DEPLOY / "rayservice.yaml")["spec"]["rayClusterConfig"]
     for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
         (container,) = group["template"]["spec"]["containers"]
-        env = {item["name"]: item["value"] for item in container["env"]}
+        env = {item["name"]: item.get("value") for item in container["env"]}
         assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "app.runtime.ray_serve:ingress_middlewares"
         assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
         # What Serve does with the variable when it starts an HTTP server (a replica's included).
