@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -68,6 +69,35 @@ def test_serve_config_is_valid_for_serve_and_names_the_glimpse_deployment(path: 
     assert isinstance(deployment.ray_actor_options, RayActorOptionsSchema)
     assert deployment.ray_actor_options.num_cpus is not None
     assert deployment.ray_actor_options.num_cpus >= 1
+
+
+def documented_values() -> dict[str, str]:
+    """Field → value from the table of docs/deploy-ray.md's "The Serve config", for the rows whose CPU
+    column holds plain values (``| `a.b` / `c` | 1 / 8 |``: ``c`` shares ``a.``)."""
+    values = {}
+    for line in (REPO_ROOT / "docs" / "deploy-ray.md").read_text().splitlines():
+        match = re.fullmatch(r"\| ((?:`[a-z_.]+`(?: / )?)+) \| ([`\w]+(?: / [`\w]+)*) \|.*\|", line)
+        if match is None:
+            continue
+        names, cells = match.group(1).split(" / "), match.group(2).split(" / ")
+        prefix = names[0].strip("`").rpartition(".")[0]
+        for name, cell in zip(names, cells, strict=True):
+            field = name.strip("`")
+            values[field if "." in field or not prefix else f"{prefix}.{field}"] = cell.strip("`")
+    return values
+
+
+def test_the_docs_show_the_cpu_configs_values() -> None:
+    config = load_yaml(SERVE_CONFIGS[0])
+    (deployment,) = config["applications"][0]["deployments"]
+    documented = documented_values()
+    autoscaling = ("min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests")
+    assert {f"autoscaling_config.{name}" for name in autoscaling} <= set(documented)  # the table was read
+    for field, shown in documented.items():
+        value: Any = config if field in config else deployment
+        for part in field.split("."):
+            value = value[part]
+        assert str(value) == shown, field
 
 
 def test_gpu_config_shares_each_gpu_between_replicas() -> None:
