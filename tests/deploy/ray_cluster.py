@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +69,9 @@ def rayservice_env() -> dict[str, str]:
     return {item["name"]: item["value"] for item in head["env"] if item["name"].startswith("RAY_SERVE_")}
 
 
-def cluster_env(temp_dir: Path) -> dict[str, str]:
-    """The nodes' environment: workers import the repository; no GLIMPSE_* from the developer's shell;
+def cluster_env(temp_dir: Path, pod_env: Mapping[str, str]) -> dict[str, str]:
+    """The nodes' environment: workers import the repository; no GLIMPSE_* from the developer's shell,
+    only ``pod_env`` (what the RayService's pods would get, such as the keys from their Secret);
     HAProxy's files under ``temp_dir`` (Serve's default is a fixed /tmp/haproxy-serve)."""
     haproxy = temp_dir / "h"  # short: HAProxy's sockets live here, under a 56-character node id
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GLIMPSE_", "RAY_"))}
@@ -95,6 +96,7 @@ def cluster_env(temp_dir: Path) -> dict[str, str]:
         RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(haproxy),
         RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(haproxy / "server-state"),
     )
+    env.update(pod_env)
     return env
 
 
@@ -165,11 +167,15 @@ def stop_node(node: Node) -> None:
 
 
 @contextmanager
-def two_node_cluster(temp_dir: Path, cpus_per_node: int = 1, timeout_s: float = 240) -> Iterator[Cluster]:
-    """A head and a worker node, each with ``cpus_per_node`` CPUs."""
+def two_node_cluster(
+    temp_dir: Path, pod_env: Mapping[str, str], cpus_per_node: int = 1, timeout_s: float = 240
+) -> Iterator[Cluster]:
+    """A head and a worker node, each with ``cpus_per_node`` CPUs and ``pod_env`` in its environment."""
     gcs_address = f"{HEAD_IP}:{free_port()}"
     dashboard_port = free_port()
-    env = cluster_env(temp_dir)  # one environment for both nodes: the same Serve flags and side ports
+    env = cluster_env(
+        temp_dir, pod_env
+    )  # one environment for both nodes: the same Serve flags and side ports
     with ExitStack() as stack:
         head = start_node(
             [

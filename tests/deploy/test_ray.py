@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -22,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import ray
+import tritonclient.http as triton
 import yaml
 from PIL import Image
 from ray.serve._private.http_util import parse_disconnect_disabled_header, validate_http_proxy_callback_return
@@ -33,8 +35,9 @@ from starlette.types import Receive, Scope, Send
 from app.config import Settings
 from app.runtime import ray_serve
 from app.transports import fast_path
+from models.checkpoint import DEFAULT_MODEL_DIR, read_card
 from tests.deploy.ray_cluster import HEAD_IP, WORKER_IP, Cluster, two_node_cluster
-from tests.helpers import REPO_ROOT, png_bytes, started_client
+from tests.helpers import REPO_ROOT, b64, png_bytes, started_client
 from tests.serving import free_port
 
 DEPLOY = REPO_ROOT / "deploy" / "ray"
@@ -66,6 +69,35 @@ def test_serve_config_is_valid_for_serve_and_names_the_glimpse_deployment(path: 
     assert isinstance(deployment.ray_actor_options, RayActorOptionsSchema)
     assert deployment.ray_actor_options.num_cpus is not None
     assert deployment.ray_actor_options.num_cpus >= 1
+
+
+def documented_values() -> dict[str, str]:
+    """Field → value from the table of docs/deploy-ray.md's "The Serve config", for the rows whose CPU
+    column holds plain values (``| `a.b` / `c` | 1 / 8 |``: ``c`` shares ``a.``)."""
+    values = {}
+    for line in (REPO_ROOT / "docs" / "deploy-ray.md").read_text().splitlines():
+        match = re.fullmatch(r"\| ((?:`[a-z_.]+`(?: / )?)+) \| ([`\w]+(?: / [`\w]+)*) \|.*\|", line)
+        if match is None:
+            continue
+        names, cells = match.group(1).split(" / "), match.group(2).split(" / ")
+        prefix = names[0].strip("`").rpartition(".")[0]
+        for name, cell in zip(names, cells, strict=True):
+            field = name.strip("`")
+            values[field if "." in field or not prefix else f"{prefix}.{field}"] = cell.strip("`")
+    return values
+
+
+def test_the_docs_show_the_cpu_configs_values() -> None:
+    config = load_yaml(SERVE_CONFIGS[0])
+    (deployment,) = config["applications"][0]["deployments"]
+    documented = documented_values()
+    autoscaling = ("min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests")
+    assert {f"autoscaling_config.{name}" for name in autoscaling} <= set(documented)  # the table was read
+    for field, shown in documented.items():
+        value: Any = config if field in config else deployment
+        for part in field.split("."):
+            value = value[part]
+        assert str(value) == shown, field
 
 
 def test_gpu_config_shares_each_gpu_between_replicas() -> None:
@@ -104,6 +136,9 @@ def test_rayservice_deploys_the_serve_config_with_the_pinned_ray() -> None:
         # Every node's Ray processes run Serve's HAProxy ingress, not the Python proxy actor.
         assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in container["env"]
         assert {"name": "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "value": "0"} in container["env"]
+        # The replicas inherit the keys from the pod, as the KServe predictor gets them.
+        keys = {"secretKeyRef": {"name": "glimpse-api-keys", "key": "api-keys", "optional": True}}
+        assert {"name": "GLIMPSE_API_KEYS", "valueFrom": keys} in container["env"]
     # The worker pods hold max_replicas replicas at the replicas' CPU request.
     (deployment,) = yaml.safe_load(spec["serveConfigV2"])["applications"][0]["deployments"]
     worker_cpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
@@ -156,7 +191,7 @@ def test_the_rayservice_installs_the_ingress_callback_and_leaves_metrics_to_the_
     spec = load_yaml(DEPLOY / "rayservice.yaml")["spec"]["rayClusterConfig"]
     for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
         (container,) = group["template"]["spec"]["containers"]
-        env = {item["name"]: item["value"] for item in container["env"]}
+        env = {item["name"]: item.get("value") for item in container["env"]}
         assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "app.runtime.ray_serve:ingress_middlewares"
         assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
         # What Serve does with the variable when it starts an HTTP server (a replica's included).
@@ -232,6 +267,11 @@ REQUESTS = 120
 CONCURRENCY = 6
 KILL_AFTER = 30  # answers before one replica is killed
 RETRIES = 8
+# The nodes' GLIMPSE_API_KEYS, as the RayService's pods get it from their Secret; replicas inherit it.
+API_KEY = "ray-secret-key"
+KEYED = {"X-API-Key": API_KEY}
+CARD = read_card(DEFAULT_MODEL_DIR)
+Probe = tuple[str, str, dict[str, Any]]  # method, path, httpx keyword arguments
 
 
 def canvases() -> list[bytes]:
@@ -252,17 +292,109 @@ def request_plan() -> list[tuple[str, int]]:
     return [(paths[i % 2], (i // 2) % 4) for i in range(REQUESTS)]
 
 
-async def standalone_answers(images: list[bytes]) -> dict[tuple[str, int], dict[str, Any]]:
-    """The in-process service's answers (``create_app`` with the default settings) for the plan's keys."""
-    answers = {}
-    client: AsyncIterator[httpx.AsyncClient] = started_client(Settings(_env_file=None))
+def upload(image: bytes, count: int = 1, headers: Any = KEYED) -> dict[str, Any]:
+    """A multipart upload of ``count`` copies of ``image``, with the API key unless ``headers`` say else."""
+    return {"files": [("file", ("a.png", image, "image/png"))] * count, "headers": headers}
+
+
+def route_probes(image: bytes) -> dict[str, Probe]:
+    """The service's other routes, good requests and bad: probes, metadata, the v2 protocol in JSON and
+    in Triton's binary format, API keys, and the 4xx answers to bad input."""
+    v2 = f"/v2/models/{CARD.name}"
+    as_json = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(image)]}]}
+    as_json["outputs"] = [{"name": "label"}, {"name": "probabilities"}]
+    tensor = triton.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([image], dtype=np.object_))
+    outputs = [triton.InferRequestedOutput(name) for name in ("label", "probabilities", "heatmap")]
+    binary, header_length = triton.InferenceServerClient.generate_request_body([tensor], outputs=outputs)
+    binary_headers = {"Inference-Header-Content-Length": str(header_length), **KEYED}
+    bearer = f"Bearer {API_KEY}"
+    return {
+        "live": ("GET", "/health/live", {}),
+        "ready": ("GET", "/health/ready", {}),
+        "models": ("GET", "/models", {"headers": KEYED}),
+        "models without a key": ("GET", "/models", {}),
+        "predict with a wrong key": ("POST", "/predict", upload(image, headers={"X-API-Key": "wrong"})),
+        "predict with a bearer token": ("POST", "/predict", upload(image, headers={"Authorization": bearer})),
+        "predict with two keys": ("POST", "/predict", upload(image, headers=[*KEYED.items()] * 2)),
+        "predict of text": ("POST", "/predict", upload(b"hi")),
+        "predict of a cut png": ("POST", "/predict", upload(image[:100])),
+        "predict, top_k=abc": ("POST", "/predict?top_k=abc", upload(image)),
+        "predict, 33 images": ("POST", "/predict", upload(image, count=33)),
+        "attention of an unknown label": ("POST", "/attention-map?target=dog", upload(image)),
+        "GET /predict": ("GET", "/predict", {"headers": KEYED}),
+        "unknown path": ("GET", "/nowhere", {}),
+        "v2 server": ("GET", "/v2", {}),
+        "v2 ready": ("GET", "/v2/health/ready", {}),
+        "v2 model metadata": ("GET", v2, {"headers": KEYED}),
+        "v2 model version ready": ("GET", f"{v2}/versions/{CARD.version}/ready", {"headers": KEYED}),
+        "v2 unknown model": ("GET", "/v2/models/nope/ready", {"headers": KEYED}),
+        "v2 infer, JSON": ("POST", f"{v2}/infer", {"json": as_json, "headers": KEYED}),
+        "v2 infer without a key": ("POST", f"{v2}/infer", {"json": as_json}),
+        "v2 infer, binary": ("POST", f"{v2}/infer", {"content": binary, "headers": binary_headers}),
+        "v2 infer, binary of the wrong length": (
+            "POST", f"{v2}/infer", {"content": binary[:-9], "headers": binary_headers},
+        ),
+    }  # fmt: skip
+
+
+async def standalone_answers(
+    images: list[bytes], probes: dict[str, Probe]
+) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, httpx.Response]]:
+    """The in-process service's answers (``create_app`` with the default settings and the nodes' key):
+    to the plan's keys, and to ``probes``."""
+    answers, responses = {}, {}
+    client: AsyncIterator[httpx.AsyncClient] = started_client(Settings(_env_file=None, api_keys=[API_KEY]))
     async for http in client:
         for path, index in sorted(set(request_plan())):
             files = {"file": ("a.png", images[index], "image/png")}
-            response = await http.post(path, files=files)
+            response = await http.post(path, files=files, headers=KEYED)
             assert response.status_code == 200, response.text
             answers[path, index] = response.json()
-    return answers
+        for name, (method, path, arguments) in probes.items():
+            responses[name] = await http.request(method, path, **arguments)
+    return answers, responses
+
+
+def assert_same_response(got: httpx.Response, expected: httpx.Response) -> None:
+    """The same status, headers a client acts on, and body; numbers equal up to float rounding."""
+    assert got.status_code == expected.status_code, (got.status_code, got.text[:300])
+    for header in ("content-type", "www-authenticate", "allow", "inference-header-content-length"):
+        assert got.headers.get(header) == expected.headers.get(header), header
+    length = got.headers.get("inference-header-content-length")
+    if length is None:
+        assert_close(got.json(), expected.json())
+        return
+    results = [
+        triton.InferenceServerClient.parse_response_body(response.content, header_length=int(length))
+        for response in (got, expected)
+    ]
+    assert results[0].get_response() == results[1].get_response()  # names, datatypes, shapes, sizes
+    for output in results[1].get_response()["outputs"]:
+        values = [result.as_numpy(output["name"]) for result in results]
+        if values[1].dtype == np.object_:
+            assert values[0].tolist() == values[1].tolist()
+        else:  # probabilities up to float rounding, heatmap pixels up to one or two levels (as below)
+            tolerance = 1e-4 if values[1].dtype == np.float32 else 2
+            assert np.abs(values[0].astype(np.float64) - values[1]).max() <= tolerance, output["name"]
+
+
+def assert_close(got: Any, expected: Any, where: str = "") -> None:
+    """Equal JSON, floats up to rounding: a replica runs fewer threads, which round a little differently."""
+    if isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=1e-4), where
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict), where
+        assert got.keys() == expected.keys(), where
+        for key in expected:
+            assert_close(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list), where
+        assert len(got) == len(expected), where
+        for index, (one, other) in enumerate(zip(got, expected, strict=True)):
+            assert_close(one, other, f"{where}[{index}]")
+    else:
+        assert got == expected, where
 
 
 def heatmap(text: str) -> np.ndarray[Any, Any]:
@@ -315,7 +447,7 @@ class Load:
         for attempt in range(RETRIES):
             files = {"file": ("a.png", self.images[index], "image/png")}
             try:
-                response = await http.post(path, files=files)
+                response = await http.post(path, files=files, headers=KEYED)
             except httpx.TransportError as exc:
                 self.retried.append(type(exc).__name__)
             else:
@@ -386,7 +518,7 @@ def serve_on_two_nodes() -> Iterator[ServeCluster]:
     temp_dir = Path(tempfile.mkdtemp(prefix="glimpse-ray-"))
     with ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, temp_dir, ignore_errors=True)
-        cluster = cleanup.enter_context(two_node_cluster(temp_dir))
+        cluster = cleanup.enter_context(two_node_cluster(temp_dir, pod_env={"GLIMPSE_API_KEYS": API_KEY}))
         serving = ServeCluster(cluster, f"http://127.0.0.1:{port}")
         cleanup.callback(serving.dashboard.close)
         try:
@@ -417,11 +549,16 @@ def answer_through_a_replica_kill(serving: ServeCluster) -> None:
     # Requests come in through Serve's HAProxy ingress, as the RayService runs it (a proxy actor stays
     # beside it as HAProxy's fallback while no replica is routable).
     assert "HAProxyManager" in serving.alive_actor_classes()
-    assert httpx.get(f"{url}/health/ready", timeout=30).json() == {"status": "ready"}
-    assert httpx.get(f"{url}/models", timeout=30).json()["num_classes"] == 10
-
     images = canvases()
-    expected = asyncio.run(standalone_answers(images))
+    probes = route_probes(images[0])
+    expected, expected_responses = asyncio.run(standalone_answers(images, probes))
+    # Every route answers as the standalone service does, errors and API keys included.
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for name, (method, path, arguments) in probes.items():
+            try:
+                assert_same_response(http.request(method, path, **arguments), expected_responses[name])
+            except AssertionError as failure:
+                raise AssertionError(f"{name}: {failure}") from failure
     load = Load(url, images)
     victim = next(r for r in placed if r["node_ip"] == WORKER_IP)
     assert victim["pid"] > 1  # a process of its own, never this one's group
