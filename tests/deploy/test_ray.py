@@ -26,6 +26,7 @@ import ray
 import tritonclient.http as triton
 import yaml
 from PIL import Image
+from ray._private import ray_constants
 from ray.serve._private.http_util import parse_disconnect_disabled_header, validate_http_proxy_callback_return
 from ray.serve._private.utils import call_function_from_import_path
 from ray.serve.schema import RayActorOptionsSchema, ServeDeploySchema
@@ -145,6 +146,48 @@ def test_rayservice_deploys_the_serve_config_with_the_pinned_ray() -> None:
     replica_cpus = deployment["ray_actor_options"]["num_cpus"]
     max_replicas = deployment["autoscaling_config"]["max_replicas"]
     assert group["maxReplicas"] * worker_cpus >= max_replicas * replica_cpus
+
+
+# Measured on a one-node Ray with the CPU config (the config's comment): a replica's resident memory
+# after ready and per pixel in flight at its peak, and the resident memory of the Ray processes every
+# worker node runs beside its replicas (raylet, dashboard agent, HAProxy and its manager, the proxy actor).
+REPLICA_BASE_MIB = 420
+BYTES_PER_INFLIGHT_PIXEL = 135  # as the Helm chart's test (130 measured for a replica)
+NODE_PROCESSES_MIB = 820
+GI = 2**30
+
+
+def test_worker_pods_hold_their_replicas_at_their_peak() -> None:
+    """An OOM kill loses every request a replica holds: a worker pod's memory covers its Ray processes
+    and as many replicas as its CPUs take, each at the most its pixel limits let it hold; and Ray packs
+    replicas by a memory request that covers that peak, within what Ray leaves beside its object store."""
+    spec = load_yaml(DEPLOY / "rayservice.yaml")["spec"]
+    (application,) = yaml.safe_load(spec["serveConfigV2"])["applications"]
+    (deployment,) = application["deployments"]
+    env = application["runtime_env"]["env_vars"]
+    settings = Settings(
+        _env_file=None,
+        max_image_pixels=int(env["GLIMPSE_MAX_IMAGE_PIXELS"]),
+        max_inflight_pixels=int(env["GLIMPSE_MAX_INFLIGHT_PIXELS"]),
+    )
+    peak_bytes = REPLICA_BASE_MIB * 2**20 + BYTES_PER_INFLIGHT_PIXEL * settings.inflight_pixels()
+    options = deployment["ray_actor_options"]
+    assert options["memory"] >= peak_bytes
+    (group,) = spec["rayClusterConfig"]["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["memory"].endswith("Gi")
+    pod_bytes = int(limits["memory"][:-2]) * GI
+    replicas = int(limits["cpu"]) // options["num_cpus"]
+    assert pod_bytes >= NODE_PROCESSES_MIB * 2**20 + replicas * peak_bytes
+    ray_memory = pod_bytes * (1 - ray_constants.DEFAULT_OBJECT_STORE_MEMORY_PROPORTION)
+    assert ray_memory >= replicas * options["memory"]  # Ray's memory resource takes them all
+    # The GPU variant bounds its replicas the same way.
+    (gpu_application,) = load_yaml(SERVE_CONFIGS[1])["applications"]
+    gpu_env = gpu_application["runtime_env"]["env_vars"]
+    assert {key: gpu_env[key] for key in env if key.startswith("GLIMPSE_MAX_")} == {
+        key: env[key] for key in env if key.startswith("GLIMPSE_MAX_")
+    }
+    assert gpu_application["deployments"][0]["ray_actor_options"]["memory"] >= peak_bytes
 
 
 # --- Replica settings --------------------------------------------------------------------------------
@@ -341,10 +384,13 @@ def route_probes(image: bytes) -> dict[str, Probe]:
 async def standalone_answers(
     images: list[bytes], probes: dict[str, Probe]
 ) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, httpx.Response]]:
-    """The in-process service's answers (``create_app`` with the default settings and the nodes' key):
-    to the plan's keys, and to ``probes``."""
+    """The in-process service's answers (``create_app`` with the Serve config's settings and the nodes'
+    key): to the plan's keys, and to ``probes``."""
     answers, responses = {}, {}
-    client: AsyncIterator[httpx.AsyncClient] = started_client(Settings(_env_file=None, api_keys=[API_KEY]))
+    env = load_yaml(SERVE_CONFIGS[0])["applications"][0]["runtime_env"]["env_vars"]
+    configured = {name.removeprefix("GLIMPSE_").lower(): value for name, value in env.items()}
+    settings = Settings(_env_file=None, api_keys=[API_KEY], **configured)
+    client: AsyncIterator[httpx.AsyncClient] = started_client(settings)
     async for http in client:
         for path, index in sorted(set(request_plan())):
             files = {"file": ("a.png", images[index], "image/png")}
