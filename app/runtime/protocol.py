@@ -119,6 +119,15 @@ HEADERS_TOO_LARGE = "431 Request Header Fields Too Large"
 TIMED_OUT = error_response("408 Request Timeout", "timeout", "the request's headers did not arrive in time")
 
 
+def body_timed_out(limits: ConnectionLimits) -> bytes:
+    """The answer to an upload whose body stopped arriving, before its connection is closed."""
+    message = (
+        f"the request's body stopped arriving: at least {limits.body_min_rate_bytes_s} bytes a second "
+        f"over {limits.body_timeout_s:g} s are needed"
+    )
+    return error_response("408 Request Timeout", "timeout", message)
+
+
 async def over_capacity(scope: Any, receive: Any, send: Any) -> None:
     """The app of a connection admitted past the cap: 503, and the connection closes."""
     body = b'{"error":{"code":"overloaded","message":"too many open connections; retry later"}}'
@@ -322,6 +331,17 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.reading_headers and self.received - self.headers_from > self.limits.max_header_bytes:
             self.refuse_headers()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser refuses, in the service's error shape.
+
+        uvicorn calls this inside its ``except HttpParserError``, with a fixed text; the parser's own
+        words ("Invalid character in chunk size", "Duplicate Content-Length") say what is wrong.
+        """
+        error = sys.exc_info()[1]
+        reason = str(error) if error is not None and str(error) else msg
+        message = f"malformed HTTP request: {reason}"
+        self.close(error_response("400 Bad Request", "invalid_request", message))
+
     # Parser callbacks; after a refusal the parser may still run over the rest of the chunk.
     def on_headers_complete(self) -> None:
         if self.closing:
@@ -414,7 +434,7 @@ class GuardedProtocol(HttpToolsProtocol):
         stalled = self.body_bytes - self.window_bytes < min_rate * elapsed
         if shed_now or (elapsed >= self.limits.body_timeout_s and stalled):
             self.guard.shed["body_stalled"] += 1
-            self.close(b"")
+            self.close(body_timed_out(self.limits))
         elif elapsed >= self.limits.body_timeout_s:
             self.window_start, self.window_bytes = now, self.body_bytes
 

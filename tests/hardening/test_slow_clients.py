@@ -193,7 +193,53 @@ def test_a_stalled_upload_does_not_hold_shutdown() -> None:
         server.process.send_signal(signal.SIGTERM)
         exit_code = server.process.wait(timeout=120)
         stopped_s = time.monotonic() - sigterm_at
-        assert sock.recv(100) == b""  # closed, unanswered: its body never came
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes it
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]  # its body never came
     print(f"exited {exit_code} {stopped_s:.1f} s after SIGTERM")
     assert exit_code == 0
     assert stopped_s < GRACEFUL_SHUTDOWN_S + 15  # the default bounds it, not the client
+
+
+MALFORMED_HTTP = {
+    "a request line that is not HTTP": (b"HELLO\r\n\r\n", "Invalid method"),
+    "a space in a header name": (b"POST /predict HTTP/1.1\r\nHost: g\r\nBad Header: x\r\n\r\n", "header"),
+    "two Content-Lengths": (
+        b"POST /predict HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}{}{}",
+        "Content-Length",
+    ),
+    "a chunk size that is not hexadecimal": (
+        b"POST /predict HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n",
+        "chunk size",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_HTTP))
+def test_a_request_the_http_parser_refuses_gets_a_400_in_the_error_shape_naming_why(
+    guarded: Server, name: str
+) -> None:
+    request, reason = MALFORMED_HTTP[name]
+    head, _, body = exchange(guarded, request).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_request"
+    assert error["message"].startswith("malformed HTTP request: ")
+    assert reason in error["message"]
+
+
+def test_a_stalled_body_is_answered_408_before_its_connection_closes(guarded: Server) -> None:
+    """Headers in, then the body stops: past GLIMPSE_BODY_TIMEOUT_S the client is told why it is cut off."""
+    with socket.create_connection(address(guarded), timeout=60) as sock:
+        sock.sendall(UPLOAD_HEAD % 100_000 + b"--b\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
+    error = json.loads(body)["error"]
+    assert error["code"] == "timeout"
+    assert "body" in error["message"]
