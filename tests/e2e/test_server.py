@@ -125,3 +125,21 @@ def test_models_metrics_and_docs(http: httpx.Client, server: str) -> None:
         spec["paths"]
     )
     assert "swagger-ui" in httpx.get(f"{server}/docs").text
+
+
+@pytest.mark.parametrize(
+    "path", ["/health/live", "/health/ready", "/v2/health/ready", "/models", "/metrics", "/openapi.json"]
+)
+def test_head_is_get_without_the_body(http: httpx.Client, path: str) -> None:
+    """RFC 9110 §9.1: every GET resource answers HEAD, as uptime monitors and `curl -I` send it."""
+    get, head = http.get(path), http.head(path)
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if path != "/metrics":  # its counters moved with the GET
+        assert head.headers["content-length"] == get.headers["content-length"]
+
+
+def test_head_where_only_post_is_served_is_405(http: httpx.Client) -> None:
+    response = http.head("/predict")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/json"
