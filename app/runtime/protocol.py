@@ -119,6 +119,14 @@ HEADERS_TOO_LARGE = "431 Request Header Fields Too Large"
 TIMED_OUT = error_response("408 Request Timeout", "timeout", "the request's headers did not arrive in time")
 
 
+CUT_OFF_HEADERS = error_response(
+    "400 Bad Request", "invalid_request", "the client closed the connection inside the request's headers"
+)
+CUT_OFF_BODY = error_response(
+    "400 Bad Request", "invalid_request", "the client closed the connection before the body was complete"
+)
+
+
 def body_timed_out(limits: ConnectionLimits) -> bytes:
     """The answer to an upload whose body stopped arriving, before its connection is closed."""
     message = (
@@ -320,6 +328,26 @@ class GuardedProtocol(HttpToolsProtocol):
         self.closing = True
         self.guard.forget(self)
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
+        """The client closed its sending side (``shutdown(SHUT_WR)``, as ``nc -N`` and some scripts do).
+
+        uvicorn then closes the connection at once, dropping the answer to a request already sent in
+        full. Here that request is answered and the connection closed after it (True keeps the
+        transport open for writing); a request cut off part-way is answered 400, saying where.
+        """
+        cycle = self.cycle
+        if self.closing:
+            return None
+        if not self.reading_headers and cycle is not None and cycle.more_body:
+            self.close(CUT_OFF_BODY)
+            return None
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+            return True
+        if self.partial_headers():
+            self.close(CUT_OFF_HEADERS)
+        return None
 
     def shutdown(self) -> None:
         self.guard.stopping = True  # stalled uploads are closed after one sweep, not a window

@@ -25,7 +25,7 @@ import pytest
 from app.runtime.launcher import GRACEFUL_SHUTDOWN_S, parse_args
 from bench.slow_clients import Target, raise_open_file_limit, run_attacks
 from bench.slow_clients import parse_args as attack_args
-from tests.serving import Server, running
+from tests.serving import REPO_ROOT, Server, running
 
 HEADER_LIMIT = 64 * 1024  # the default
 UPLOAD_HEAD = (
@@ -243,3 +243,30 @@ def test_a_stalled_body_is_answered_408_before_its_connection_closes(guarded: Se
     error = json.loads(body)["error"]
     assert error["code"] == "timeout"
     assert "body" in error["message"]
+
+
+def _predict_request() -> bytes:
+    image = (REPO_ROOT / "examples" / "digit42.png").read_bytes()
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = part + image + b"\r\n--b--\r\n"
+    return UPLOAD_HEAD % len(body) + body
+
+
+def test_a_request_sent_whole_before_the_client_half_closes_is_answered(guarded: Server) -> None:
+    """``shutdown(SHUT_WR)`` after the request (``nc -N``, some scripts) is no disconnect: the answer comes,
+    then the connection closes. uvicorn closed it at once, answering nothing."""
+    head, _, body = exchange(guarded, _predict_request()).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["predictions"][0]["label"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("cut", "words"), [(40, "inside the request's headers"), (-100, "before the body was complete")]
+)
+def test_a_request_cut_off_by_a_half_close_is_answered_400(guarded: Server, cut: int, words: str) -> None:
+    head, _, body = exchange(guarded, _predict_request()[:cut]).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_request"
+    assert words in error["message"]
