@@ -20,7 +20,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import Receive
 
-from app.errors import InvalidImage, InvalidParameter, InvalidRequest, PayloadTooLarge, TooManyImages
+from app.errors import (
+    InvalidImage,
+    InvalidParameter,
+    InvalidRequest,
+    PayloadTooLarge,
+    TooManyImages,
+    UnsupportedMediaType,
+)
 from app.pipeline.query import quote
 
 if TYPE_CHECKING:
@@ -46,6 +53,17 @@ def media_type(content_type: bytes) -> bytes:
 def check_declared_length(declared: bytes | None, max_body_bytes: int) -> None:
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
         raise PayloadTooLarge(f"the body is {declared.decode()} bytes; the limit is {max_body_bytes}")
+
+
+def check_content_encoding(encoding: bytes | None) -> None:
+    """Bodies are read as sent: a compressed one would be parsed as garbage, so it is refused by name.
+
+    Raises:
+        UnsupportedMediaType: Any Content-Encoding but identity (RFC 9110 §15.5.16 gives 415 for it).
+    """
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        shown = quote(encoding.decode("latin-1"))
+        raise UnsupportedMediaType(f"Content-Encoding {shown} is not supported: send the body uncompressed")
 
 
 async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
