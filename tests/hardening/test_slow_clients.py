@@ -20,11 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from app.runtime.launcher import GRACEFUL_SHUTDOWN_S, parse_args
 from bench.slow_clients import Target, raise_open_file_limit, run_attacks
 from bench.slow_clients import parse_args as attack_args
+from tests.helpers import png_bytes
 from tests.serving import REPO_ROOT, Server, running
 
 HEADER_LIMIT = 64 * 1024  # the default
@@ -270,3 +272,59 @@ def test_a_request_cut_off_by_a_half_close_is_answered_400(guarded: Server, cut:
     error = json.loads(body)["error"]
     assert error["code"] == "invalid_request"
     assert words in error["message"]
+
+
+def test_a_client_that_stops_reading_its_answer_is_cut_off_and_frees_it(guarded: Server) -> None:
+    """A big answer (a 1200×1200 noise image's map and overlay, about 6 MB) to a client that never reads:
+    uvicorn waited on it for good, holding the answer; past GLIMPSE_BODY_TIMEOUT_S without the client
+    reading, the connection is aborted."""
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
+    image = png_bytes(noise)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = part + image + b"\r\n--b--\r\n"
+    request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(address(guarded))
+        sock.sendall(request)
+        time.sleep(12)  # the map is drawn (seconds on a busy machine), then 2 s pass without reading
+        sock.settimeout(30)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
+    declared = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+    )
+    assert declared > 4_000_000
+    assert len(rest) < declared  # cut off, not waited on
+
+
+def test_a_client_that_reads_its_answer_slowly_gets_all_of_it(guarded: Server) -> None:
+    """Reading at about 100 kB/s for three 2-s windows (the minimum is 1 KiB/s) is progress, not a stall."""
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
+    image = png_bytes(noise)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = part + image + b"\r\n--b--\r\n"
+    request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(address(guarded))
+        sock.sendall(request)
+        sock.settimeout(120)
+        answer = sock.recv(4096)
+        slow_until = time.monotonic() + 6
+        while time.monotonic() < slow_until:
+            answer += sock.recv(4096)
+            time.sleep(0.04)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        declared = int(
+            next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+        )
+        while len(rest) < declared and (chunk := sock.recv(1 << 20)):
+            rest += chunk
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert len(rest) == declared
+    assert json.loads(rest)["predictions"]
