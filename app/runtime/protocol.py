@@ -346,25 +346,22 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard.forget(self)
         super().connection_lost(exc)
 
-    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
-        """The client closed its sending side (``shutdown(SHUT_WR)``, as ``nc -N`` and some scripts do).
+    def eof_received(self) -> None:
+        """The client closed its side of the connection in the middle of a request: answer 400, saying
+        where, before uvicorn closes it.
 
-        uvicorn then closes the connection at once, dropping the answer to a request already sent in
-        full. Here that request is answered and the connection closed after it (True keeps the
-        transport open for writing); a request cut off part-way is answered 400, saying where.
+        After a whole request an end of input stays what uvicorn (and nginx, with its 499) take it for,
+        a client that went away, whose work is cancelled (:func:`app.pipeline.core._unless_gone`): a
+        half-close (``shutdown(SHUT_WR)``) cannot be told from a close, and computing answers for every
+        client that gave up would add to an overload instead of shedding it.
         """
-        cycle = self.cycle
         if self.closing:
-            return None
+            return
+        cycle = self.cycle
         if not self.reading_headers and cycle is not None and cycle.more_body:
             self.close(CUT_OFF_BODY)
-            return None
-        if cycle is not None and not cycle.response_complete:
-            cycle.keep_alive = False
-            return True
-        if self.partial_headers():
+        elif self.partial_headers() and (cycle is None or cycle.response_complete):
             self.close(CUT_OFF_HEADERS)
-        return None
 
     def shutdown(self) -> None:
         self.guard.stopping = True  # stalled uploads are closed after one sweep, not a window
