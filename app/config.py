@@ -120,8 +120,8 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="A request body must keep arriving: a connection that sends less than "
-        "GLIMPSE_BODY_MIN_RATE_BYTES_S in any window of this many seconds is closed.",
+        description="A request body must keep arriving, and an answer leaving: a connection that sends "
+        "(or reads) less than GLIMPSE_BODY_MIN_RATE_BYTES_S in any window of this many seconds is closed.",
     )
     body_min_rate_bytes_s: int = Field(
         1024, ge=0, description="Slowest accepted upload, in bytes a second (see GLIMPSE_BODY_TIMEOUT_S)."

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import openapi
 from app.config import Settings, get_settings
@@ -127,12 +127,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("stopped")
 
 
+class HeadAsGet:
+    """HEAD is GET without the body (RFC 9110 §9.1), and uptime monitors and ``curl -I`` send it; FastAPI
+    routes list GET alone. So HEAD is routed as GET, and the server, which reads the method from its own
+    scope, sends the headers without the body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 class GlimpseAPI(FastAPI):
     """FastAPI with the fast path (:mod:`app.transports.fast_path`) outside all of its middleware, and
     an OpenAPI document completed from the served model (:mod:`app.openapi`)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return FastPath(super().build_middleware_stack(), service_state(self))
+        return FastPath(HeadAsGet(super().build_middleware_stack()), service_state(self))
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is not None:

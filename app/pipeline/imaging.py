@@ -70,9 +70,7 @@ def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
     try:
         image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
-        raise UnsupportedImage(
-            "the image format is not recognised; send PNG, JPEG, WebP, BMP, GIF or TIFF"
-        ) from exc
+        raise _unidentified(data) from exc
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the image declares too many pixels (limit {max_pixels})") from exc
     except Exception as exc:
@@ -88,6 +86,21 @@ def open_image(data: bytes, max_pixels: int, min_size: int) -> Image.Image:
     if min(width, height) < min_size:
         raise ImageTooSmall(f"the image is {width}×{height}; both sides must be at least {min_size} pixels")
     return image
+
+
+def _unidentified(data: bytes) -> UnsupportedImage | InvalidImage:
+    """The error for a file Pillow did not identify: unsupported, unless it starts with the signature of
+    an allowed format. Then the client sent the right format in a broken file, and "send PNG, JPEG, …"
+    would not tell them that: its parser's reason does ("broken PNG file (bad header checksum …)")."""
+    for fmt in ALLOWED_FORMATS:
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        if factory is None or accept is None or not accept(data[:16]):
+            continue
+        try:
+            factory(io.BytesIO(data), "")
+        except Exception as reason:  # what Image.open swallowed, from the same parser
+            return InvalidImage(f"the file starts as a {fmt} but cannot be read: {str(reason)[:200]}")
+    return UnsupportedImage("the image format is not recognised; send PNG, JPEG, WebP, BMP, GIF or TIFF")
 
 
 # Pillow reads PNG chunks and GIF blocks one at a time in Python, and libjpeg decodes every scan of a

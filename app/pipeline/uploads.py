@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import Receive
 
-from app.errors import InvalidImage, InvalidParameter, InvalidRequest, PayloadTooLarge, TooManyImages
+from app.errors import (
+    InvalidImage,
+    InvalidParameter,
+    InvalidRequest,
+    PayloadTooLarge,
+    TooManyImages,
+    UnsupportedMediaType,
+)
 from app.pipeline.query import quote
 
 if TYPE_CHECKING:
@@ -45,6 +53,17 @@ def media_type(content_type: bytes) -> bytes:
 def check_declared_length(declared: bytes | None, max_body_bytes: int) -> None:
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
         raise PayloadTooLarge(f"the body is {declared.decode()} bytes; the limit is {max_body_bytes}")
+
+
+def check_content_encoding(encoding: bytes | None) -> None:
+    """Bodies are read as sent: a compressed one would be parsed as garbage, so it is refused by name.
+
+    Raises:
+        UnsupportedMediaType: Any Content-Encoding but identity (RFC 9110 §15.5.16 gives 415 for it).
+    """
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        shown = quote(encoding.decode("latin-1"))
+        raise UnsupportedMediaType(f"Content-Encoding {shown} is not supported: send the body uncompressed")
 
 
 async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
@@ -162,7 +181,7 @@ def _plain_file_parts(body: bytes, boundary: bytes) -> list[bytes] | None:
             return None
         _, options = parse_options_header(disposition)
         if options.get(b"name") == b"file":
-            if b"filename" not in options:
+            if not _is_file_upload(disposition, options):
                 return None  # a text field named file: the full parser's caller words the error
             files.append(body[headers_end + 4 : content_end])
         after = content_end + len(separator)
@@ -195,6 +214,12 @@ def _plain_disposition(headers: bytes) -> bytes | None:
                 return None
             disposition = value.lstrip(b" ")
     return disposition
+
+
+def _is_file_upload(disposition: bytes, options: dict[bytes, bytes]) -> bool:
+    """Whether a part is a file: it has a file name, as ``filename`` or only as RFC 5987's
+    ``filename*=UTF-8''…`` (which ``parse_options_header`` drops), as some clients write a non-ASCII one."""
+    return b"filename" in options or b"filename*" in disposition.lower()
 
 
 def _parsed_file_parts(body: bytes, boundary: bytes) -> list[bytes]:
@@ -260,7 +285,7 @@ class _PartCollector:
         _, options = parse_options_header(self._disposition)
         if options.get(b"name") != b"file":
             return
-        if b"filename" not in options:
+        if not _is_file_upload(self._disposition, options):
             self.file_field_without_name = True
             return
         self._chunks = []
@@ -323,6 +348,33 @@ def _b64decode(text: str, position: int) -> bytes:
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return decode_base64(text)
+    except ValueError as exc:
         raise InvalidImage(f"image {position} is not valid base64: {exc}") from exc
+
+
+_LINE_BREAKS = str.maketrans("", "", " \t\r\n")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=\t\r\n ]")
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard base64 (RFC 4648), also broken into lines as MIME, ``base64 FILE`` without ``-w0`` and
+    ``openssl base64`` write it.
+
+    Raises:
+        ValueError: Not base64, worded to say where (the first character outside the alphabet) or why.
+    """
+    try:
+        return base64.b64decode(text, validate=True)  # the usual case, at C speed
+    except (binascii.Error, ValueError):
+        pass
+    try:
+        return base64.b64decode(text.translate(_LINE_BREAKS), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        stray = _NOT_BASE64.search(text)
+        if stray is not None:
+            raise ValueError(
+                f"the character {quote(stray.group())} at position {stray.start()} is not in the "
+                "standard base64 alphabet (A-Z, a-z, 0-9, +, / and = padding)"
+            ) from None
+        raise ValueError(f"{exc} (its length without line breaks must be a multiple of 4)") from None

@@ -24,9 +24,11 @@ per request.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import sys
+import termios
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +47,8 @@ FREE_BODY_BYTES = 1024 * 1024
 FD_RESERVE = 128
 REPORT_S = 10.0
 logger = logging.getLogger("glimpse")
-HEADERS, BODY, WORKING = "headers", "body", "working"  # what a connection waits for: client, client, us
+# What a connection waits for: the client (its headers, its body, reading the answer) or us.
+HEADERS, BODY, READING, WORKING = "headers", "body", "reading", "working"
 ADMITTED, REFUSED, DROPPED = "admitted", "refused", "dropped"
 
 
@@ -119,6 +122,23 @@ HEADERS_TOO_LARGE = "431 Request Header Fields Too Large"
 TIMED_OUT = error_response("408 Request Timeout", "timeout", "the request's headers did not arrive in time")
 
 
+CUT_OFF_HEADERS = error_response(
+    "400 Bad Request", "invalid_request", "the client closed the connection inside the request's headers"
+)
+CUT_OFF_BODY = error_response(
+    "400 Bad Request", "invalid_request", "the client closed the connection before the body was complete"
+)
+
+
+def body_timed_out(limits: ConnectionLimits) -> bytes:
+    """The answer to an upload whose body stopped arriving, before its connection is closed."""
+    message = (
+        f"the request's body stopped arriving: at least {limits.body_min_rate_bytes_s} bytes a second "
+        f"over {limits.body_timeout_s:g} s are needed"
+    )
+    return error_response("408 Request Timeout", "timeout", message)
+
+
 async def over_capacity(scope: Any, receive: Any, send: Any) -> None:
     """The app of a connection admitted past the cap: 503, and the connection closes."""
     body = b'{"error":{"code":"overloaded","message":"too many open connections; retry later"}}'
@@ -130,6 +150,18 @@ async def over_capacity(scope: Any, receive: Any, send: Any) -> None:
     ]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def unsent_bytes(transport: asyncio.Transport) -> int | None:
+    """Bytes of answers the client has not taken yet: the transport's buffer and the kernel's send
+    queue (the kernel buffers megabytes on its own, so the transport's buffer alone stands still while
+    a slow client reads). None where the send queue cannot be read (``TIOCOUTQ`` is Linux's)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        queued = int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)), sys.byteorder)
+    except (AttributeError, OSError):
+        return None
+    return transport.get_write_buffer_size() + queued
 
 
 class HeldFlowControl(FlowControl):
@@ -166,7 +198,9 @@ class Guard:
         self.stopping = False
         self.no_victim_before = 0.0  # loop time before which no connection can be displaced
         # What the defences turned away since the last report (one log line at most every REPORT_S).
-        self.shed = {"header_timeout": 0, "body_stalled": 0, "displaced": 0, "refused": 0, "too_large": 0}
+        self.shed = dict.fromkeys(
+            ("header_timeout", "body_stalled", "answer_unread", "displaced", "refused", "too_large"), 0
+        )
         self.reported_at = loop.time()
         loop.call_later(SWEEP_INTERVAL_S, self.sweep)
 
@@ -312,6 +346,23 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard.forget(self)
         super().connection_lost(exc)
 
+    def eof_received(self) -> None:
+        """The client closed its side of the connection in the middle of a request: answer 400, saying
+        where, before uvicorn closes it.
+
+        After a whole request an end of input stays what uvicorn (and nginx, with its 499) take it for,
+        a client that went away, whose work is cancelled (:func:`app.pipeline.core._unless_gone`): a
+        half-close (``shutdown(SHUT_WR)``) cannot be told from a close, and computing answers for every
+        client that gave up would add to an overload instead of shedding it.
+        """
+        if self.closing:
+            return
+        cycle = self.cycle
+        if not self.reading_headers and cycle is not None and cycle.more_body:
+            self.close(CUT_OFF_BODY)
+        elif self.partial_headers() and (cycle is None or cycle.response_complete):
+            self.close(CUT_OFF_HEADERS)
+
     def shutdown(self) -> None:
         self.guard.stopping = True  # stalled uploads are closed after one sweep, not a window
         super().shutdown()
@@ -321,6 +372,17 @@ class GuardedProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.reading_headers and self.received - self.headers_from > self.limits.max_header_bytes:
             self.refuse_headers()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser refuses, in the service's error shape.
+
+        uvicorn calls this inside its ``except HttpParserError``, with a fixed text; the parser's own
+        words ("Invalid character in chunk size", "Duplicate Content-Length") say what is wrong.
+        """
+        error = sys.exc_info()[1]
+        reason = str(error) if error is not None and str(error) else msg
+        message = f"malformed HTTP request: {reason}"
+        self.close(error_response("400 Bad Request", "invalid_request", message))
 
     # Parser callbacks; after a refusal the parser may still run over the rest of the chunk.
     def on_headers_complete(self) -> None:
@@ -378,6 +440,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.last_sweep_bytes = self.body_bytes
 
     def phase(self) -> str:
+        if self.flow.write_paused:  # more of an answer than the transport buffers waits on the client
+            return READING
         cycle = self.cycle
         if self.reading_headers:
             return WORKING if cycle is not None and not cycle.response_complete else HEADERS
@@ -398,6 +462,9 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.guard.shed["header_timeout"] += 1
                 self.close(TIMED_OUT if self.partial_headers() else b"")
             return
+        if phase == READING:
+            self.check_reading(now)
+            return
         min_rate = self.limits.body_min_rate_bytes_s
         swept_bytes, self.last_sweep_bytes = self.last_sweep_bytes, self.body_bytes
         self.stalled_for_a_sweep = (
@@ -414,9 +481,29 @@ class GuardedProtocol(HttpToolsProtocol):
         stalled = self.body_bytes - self.window_bytes < min_rate * elapsed
         if shed_now or (elapsed >= self.limits.body_timeout_s and stalled):
             self.guard.shed["body_stalled"] += 1
-            self.close(b"")
+            self.close(body_timed_out(self.limits))
         elif elapsed >= self.limits.body_timeout_s:
             self.window_start, self.window_bytes = now, self.body_bytes
+
+    def check_reading(self, now: float) -> None:
+        """An answer must keep leaving, as a body must keep arriving: the client must read at least
+        GLIMPSE_BODY_MIN_RATE_BYTES_S over each GLIMPSE_BODY_TIMEOUT_S window. uvicorn hands the whole
+        answer to the transport at once, so one that is not read stays in memory for as long as its
+        client keeps the connection; close() would wait to flush it, so the connection is aborted."""
+        unsent = unsent_bytes(self.transport)
+        if unsent is None:  # not measurable here: leave the client be
+            return
+        if self.phase_since == now:  # the client just stopped keeping up: a new window
+            self.window_start, self.window_bytes = now, unsent
+        elapsed = now - self.window_start
+        if elapsed < self.limits.body_timeout_s:
+            return
+        if self.window_bytes - unsent < self.limits.body_min_rate_bytes_s * elapsed:
+            self.guard.shed["answer_unread"] += 1
+            self.closing = True
+            self.transport.abort()
+        else:
+            self.window_start, self.window_bytes = now, unsent
 
     def partial_headers(self) -> bool:
         """Whether part of a request has come (then a 408 says why it is closed; an idle one just closes)."""

@@ -5,6 +5,8 @@ The server runs with an API key and small limits (see ``conftest.server``).
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -125,3 +127,54 @@ def test_models_metrics_and_docs(http: httpx.Client, server: str) -> None:
         spec["paths"]
     )
     assert "swagger-ui" in httpx.get(f"{server}/docs").text
+
+
+@pytest.mark.parametrize(
+    "path", ["/health/live", "/health/ready", "/v2/health/ready", "/models", "/metrics", "/openapi.json"]
+)
+def test_head_is_get_without_the_body(http: httpx.Client, path: str) -> None:
+    """RFC 9110 §9.1: every GET resource answers HEAD, as uptime monitors and `curl -I` send it."""
+    get, head = http.get(path), http.head(path)
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if path != "/metrics":  # its counters moved with the GET
+        assert head.headers["content-length"] == get.headers["content-length"]
+
+
+def test_head_where_only_post_is_served_is_405(http: httpx.Client) -> None:
+    response = http.head("/predict")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+@pytest.mark.parametrize("path", ["/predict", "/attention-map", f"/v2/models/{CARD.name}/infer"])
+def test_a_compressed_body_is_refused_by_name(
+    http: httpx.Client, canvas_png: Callable[[int], bytes], path: str, encoding: str
+) -> None:
+    """The body is read as sent: a gzip body (tritonclient's request_compression_algorithm) was parsed as
+    garbage ("not valid JSON: str is not valid UTF-8"), and a "br" label on a plain body ignored."""
+    image = b64(canvas_png(1))
+    document = (
+        {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}]}
+        if path.startswith("/v2")
+        else {"image": image}
+    )
+    body = json.dumps(document).encode()
+    headers = {"content-type": "application/json", "content-encoding": encoding}
+    response = http.post(path, content=gzip.compress(body) if encoding == "gzip" else body, headers=headers)
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    message = error if path.startswith("/v2") else error["message"]
+    assert f"Content-Encoding '{encoding}' is not supported" in message
+    if not path.startswith("/v2"):
+        assert error["code"] == "unsupported_media_type"
+
+
+def test_identity_content_encoding_is_the_plain_body(
+    http: httpx.Client, canvas_png: Callable[[int], bytes]
+) -> None:
+    response = http.post(
+        "/predict", json={"image": b64(canvas_png(1))}, headers={"content-encoding": "identity"}
+    )
+    assert response.status_code == 200, response.text

@@ -83,8 +83,9 @@ def image_corpus() -> dict[str, tuple[bytes, int, str | None]]:
         "eps (ghostscript)": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 60 60\nshowpage\n", 415, "unsupported_image"),
         "pdf": (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", 415, "unsupported_image"),
         "ico": (save(gray.convert("RGBA"), "ICO"), 415, "unsupported_image"),
-        "png magic + garbage": (b"\x89PNG\r\n\x1a\n" + rng.bytes(300), 415, "unsupported_image"),
-        "png 0x0": (png_declaring(0, 0), 415, "unsupported_image"),
+        # an allowed format's signature, then a broken header: named as that format's broken file
+        "png magic + garbage": (b"\x89PNG\r\n\x1a\n" + rng.bytes(300), 400, "invalid_image"),
+        "png 0x0": (png_declaring(0, 0), 400, "invalid_image"),
         "truncated png": (save(gray, "PNG")[:100], 400, "invalid_image"),
         "truncated jpeg": (jpeg[:200], 400, "invalid_image"),
         "lab tiff": (save(gray.convert("RGB").convert("LAB"), "TIFF"), 400, "invalid_image"),

@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from app.runtime.launcher import GRACEFUL_SHUTDOWN_S, parse_args
 from bench.slow_clients import Target, raise_open_file_limit, run_attacks
 from bench.slow_clients import parse_args as attack_args
-from tests.serving import Server, running
+from tests.helpers import png_bytes
+from tests.serving import REPO_ROOT, Server, running
 
 HEADER_LIMIT = 64 * 1024  # the default
 UPLOAD_HEAD = (
@@ -193,7 +195,146 @@ def test_a_stalled_upload_does_not_hold_shutdown() -> None:
         server.process.send_signal(signal.SIGTERM)
         exit_code = server.process.wait(timeout=120)
         stopped_s = time.monotonic() - sigterm_at
-        assert sock.recv(100) == b""  # closed, unanswered: its body never came
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes it
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]  # its body never came
     print(f"exited {exit_code} {stopped_s:.1f} s after SIGTERM")
     assert exit_code == 0
     assert stopped_s < GRACEFUL_SHUTDOWN_S + 15  # the default bounds it, not the client
+
+
+MALFORMED_HTTP = {
+    "a request line that is not HTTP": (b"HELLO\r\n\r\n", "Invalid method"),
+    "a space in a header name": (b"POST /predict HTTP/1.1\r\nHost: g\r\nBad Header: x\r\n\r\n", "header"),
+    "two Content-Lengths": (
+        b"POST /predict HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}{}{}",
+        "Content-Length",
+    ),
+    "a chunk size that is not hexadecimal": (
+        b"POST /predict HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n",
+        "chunk size",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_HTTP))
+def test_a_request_the_http_parser_refuses_gets_a_400_in_the_error_shape_naming_why(
+    guarded: Server, name: str
+) -> None:
+    request, reason = MALFORMED_HTTP[name]
+    head, _, body = exchange(guarded, request).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_request"
+    assert error["message"].startswith("malformed HTTP request: ")
+    assert reason in error["message"]
+
+
+def test_a_stalled_body_is_answered_408_before_its_connection_closes(guarded: Server) -> None:
+    """Headers in, then the body stops: past GLIMPSE_BODY_TIMEOUT_S the client is told why it is cut off."""
+    with socket.create_connection(address(guarded), timeout=60) as sock:
+        sock.sendall(UPLOAD_HEAD % 100_000 + b"--b\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
+    error = json.loads(body)["error"]
+    assert error["code"] == "timeout"
+    assert "body" in error["message"]
+
+
+def _predict_request() -> bytes:
+    image = (REPO_ROOT / "examples" / "digit42.png").read_bytes()
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = part + image + b"\r\n--b--\r\n"
+    return UPLOAD_HEAD % len(body) + body
+
+
+@pytest.mark.parametrize(
+    ("cut", "words"), [(40, "inside the request's headers"), (-100, "before the body was complete")]
+)
+def test_a_request_cut_off_by_a_half_close_is_answered_400(guarded: Server, cut: int, words: str) -> None:
+    head, _, body = exchange(guarded, _predict_request()[:cut]).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_request"
+    assert words in error["message"]
+
+
+def test_a_client_that_stops_reading_its_answer_is_cut_off_and_frees_it(guarded: Server) -> None:
+    """A big answer (a 1200×1200 noise image's map and overlay, about 6 MB) to a client that never reads:
+    uvicorn waited on it for good, holding the answer; past GLIMPSE_BODY_TIMEOUT_S without the client
+    reading, the connection is aborted."""
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
+    image = png_bytes(noise)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = part + image + b"\r\n--b--\r\n"
+    request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(address(guarded))
+        sock.sendall(request)
+        time.sleep(12)  # the map is drawn (seconds on a busy machine), then 2 s pass without reading
+        sock.settimeout(30)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
+    declared = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+    )
+    assert declared > 4_000_000
+    assert len(rest) < declared  # cut off, not waited on
+
+
+def test_a_client_that_reads_its_answer_slowly_gets_all_of_it(guarded: Server) -> None:
+    """Reading at about 100 kB/s for three 2-s windows (the minimum is 1 KiB/s) is progress, not a stall."""
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
+    image = png_bytes(noise)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = part + image + b"\r\n--b--\r\n"
+    request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(address(guarded))
+        sock.sendall(request)
+        sock.settimeout(120)
+        answer = sock.recv(4096)
+        slow_until = time.monotonic() + 6
+        while time.monotonic() < slow_until:
+            answer += sock.recv(4096)
+            time.sleep(0.04)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        declared = int(
+            next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+        )
+        while len(rest) < declared and (chunk := sock.recv(1 << 20)):
+            rest += chunk
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert len(rest) == declared
+    assert json.loads(rest)["predictions"]
+
+
+def test_the_work_of_a_client_that_closed_after_its_request_is_cancelled(guarded: Server) -> None:
+    """The end of input after a whole request is a client gone (it cannot be told from a half-close):
+    its map is not drawn for nobody, which under overload would add to the load instead of shedding it."""
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = part + png_bytes(noise) + b"\r\n--b--\r\n"
+    request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
+    gone = 'glimpse_requests_total{method="POST",route="/attention-map",status="499"}'
+
+    def counted() -> float:
+        lines = httpx.get(f"{guarded.url}/metrics", timeout=60).text.splitlines()
+        return sum(float(line.split()[-1]) for line in lines if line.startswith(gone))
+
+    before = counted()
+    with socket.create_connection(address(guarded), timeout=60) as sock:
+        sock.sendall(request)
+    wait_until(lambda: counted() == before + 1, timeout_s=60)

@@ -12,8 +12,6 @@ or ``attention``) choose the heatmap, as request parameters or as the ``heatmap`
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +20,7 @@ from numpy.typing import NDArray
 
 from app.errors import ImageTooLarge, ImageTooSmall, InvalidParameter, InvalidRequest, TooManyImages
 from app.pipeline.query import MAP_KINDS, Operation, Query, query_from_values
+from app.pipeline.uploads import decode_base64
 from app.transports.v2.codec import InferRequest, InputTensor, OutputTensor, encode_infer_response
 from models.checkpoint import ModelCard
 
@@ -192,11 +191,11 @@ def _images(tensor: InputTensor, limits: Limits) -> list[bytes]:
     images = []
     for index, element in enumerate(tensor.data):
         try:
-            images.append(base64.b64decode(element, validate=True))
-        except (binascii.Error, ValueError):
+            images.append(decode_base64(element.decode("latin-1")))
+        except ValueError as exc:
             raise InvalidRequest(
                 f"image {index}: a BYTES element in JSON must be the image encoded as base64 "
-                "(or send it as binary data)"
+                f"(or send it as binary data): {exc}"
             ) from None
     return images
 

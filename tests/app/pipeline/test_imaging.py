@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
@@ -116,6 +117,25 @@ def test_pillow_decompression_bomb_is_too_large_not_a_crash() -> None:
 )
 def test_bad_inputs_raise_domain_errors(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
+        decode(data)
+
+
+def _flipped(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (_flipped(png_bytes(gradient()), 29), "a PNG but cannot be read: broken PNG file (bad header"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x01" * 300, "starts as a PNG but cannot be read"),
+        (b"GIF89a" + b"\x00" * 6, "starts as a GIF but cannot be read"),
+        (b"II*\x00\x08\x00\x00\x00" + b"\x00" * 8, "starts as a TIFF but cannot be read"),
+    ],
+)
+def test_a_broken_file_of_a_known_format_is_named_invalid_not_unsupported(data: bytes, words: str) -> None:
+    """Told "send PNG, JPEG, …" for a PNG with a broken header, a client cannot tell what is wrong."""
+    with pytest.raises(InvalidImage, match=re.escape(words)):
         decode(data)
 
 

@@ -9,6 +9,8 @@ path would never run.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 
 import httpx
@@ -16,12 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.errors import InvalidRequest
+from app.errors import InvalidImage, InvalidRequest
 from app.pipeline.uploads import (
     COUNT_STEP_BYTES,
     _parsed_file_parts,
     _plain_file_parts,
     count_exceeds,
+    json_images,
     multipart_files,
 )
 
@@ -130,3 +133,44 @@ def test_count_exceeds_counts_what_bytes_count_does_across_steps(offset: int) ->
     assert body.count(b"--abc") == 5
     assert count_exceeds(body, b"--abc", 4)
     assert not count_exceeds(body, b"--abc", 5)
+
+
+def _json_body(text: str) -> bytes:
+    return json.dumps({"image": text}).encode()
+
+
+# What `base64 FILE` (76 columns), `openssl base64` (64) and Python's encodebytes write: MIME line breaks.
+WRAPPED = {
+    "LF every 76": base64.encodebytes(IMAGE * 3).decode(),
+    "CRLF every 64": "\r\n".join(base64.b64encode(IMAGE * 3).decode()[i : i + 64] for i in range(0, 400, 64)),
+    "a trailing newline": base64.b64encode(IMAGE).decode() + "\n",
+}
+
+
+@pytest.mark.parametrize("name", list(WRAPPED))
+def test_base64_with_line_breaks_is_decoded(name: str) -> None:
+    text = WRAPPED[name]
+    assert json_images(_json_body(text), 4).images == [base64.b64decode("".join(text.split()))]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("aGVs-G8_", "character '-' at position 4"),  # URL-safe base64
+        ("aGVsbG8 gd29ybGQ=%", "character '%' at position 17"),
+        ("aGVsbG8", "length"),
+    ],
+)
+def test_what_is_wrong_with_base64_is_named(text: str, words: str) -> None:
+    with pytest.raises(InvalidImage, match=f"image 0 is not valid base64: .*{words}"):
+        json_images(_json_body(text), 4)
+
+
+def test_a_file_part_named_by_rfc_5987_filename_star_is_a_file() -> None:
+    """Some clients write a non-ASCII file name only as ``filename*=UTF-8''…``: still a file upload."""
+    body = (
+        b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''%C3%A9t%C3%A9.png\r\n"
+        b"Content-Type: image/png\r\n\r\n" + IMAGE + b"\r\n--b--\r\n"
+    )
+    assert multipart_files(body, b"multipart/form-data; boundary=b", 4) == [IMAGE]
+    assert _parsed_file_parts(body.replace(b"\r\n--b--", b"\r\n--b--\r\nepilogue"), b"b") == [IMAGE]

@@ -83,9 +83,17 @@ def test_json_images_are_base64(card: ModelCard) -> None:
     assert query.images == [b"\x89PNG\x00data"]
 
 
+def test_json_images_in_wrapped_base64(card: ModelCard) -> None:
+    """What `base64 FILE` writes without -w0: line breaks every 76 characters."""
+    encoded = [base64.encodebytes(b"\x89PNG\x00data" * 20)]
+    assert query_of(card, [images_input(encoded, binary=False)]).images == [b"\x89PNG\x00data" * 20]
+
+
 def test_json_image_that_is_not_base64(card: ModelCard) -> None:
     with pytest.raises(InvalidRequest, match=r"image 1: .* base64"):
         query_of(card, [images_input([base64.b64encode(b"ok"), b"not base64!"], binary=False)])
+    with pytest.raises(InvalidRequest, match=r"image 0: .* character '_' at position 0"):
+        query_of(card, [images_input([b"_-_-"], binary=False)])
 
 
 @pytest.mark.parametrize("shape", [(2, 20, 30), (2, 20, 30, 1), (2, 20, 30, 3), (1, 20, 30, 4)])
