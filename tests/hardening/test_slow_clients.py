@@ -274,11 +274,21 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_and_frees_it(guarded:
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
     body = part + image + b"\r\n--b--\r\n"
     request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
+    answered = 'glimpse_requests_total{method="POST",route="/attention-map",status="200"}'
+
+    def counted() -> float:
+        lines = httpx.get(f"{guarded.url}/metrics", timeout=60).text.splitlines()
+        return sum(float(line.split()[-1]) for line in lines if line.startswith(answered))
+
+    before = counted()
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(address(guarded))
         sock.sendall(request)
-        time.sleep(12)  # the map is drawn (seconds on a busy machine), then 2 s pass without reading
+        # The answer is counted as it is handed to the transport, however long the map took to draw;
+        # from then on the client reads nothing for well past the 2 s window and its sweeps.
+        wait_until(lambda: counted() == before + 1, timeout_s=120)
+        time.sleep(3 * float(GUARDED["GLIMPSE_BODY_TIMEOUT_S"]))
         sock.settimeout(30)
         answer = b""
         with contextlib.suppress(ConnectionResetError):
