@@ -265,29 +265,34 @@ def test_a_request_cut_off_by_a_half_close_is_answered_400(guarded: Server, cut:
     assert words in error["message"]
 
 
+def big_map_request() -> bytes:
+    """``/attention-map`` with an overlay of a 1200×1200 noise PNG: an answer of about 6 MB."""
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = part + png_bytes(noise) + b"\r\n--b--\r\n"
+    return UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
+
+
+def map_answers(server: Server, status: int) -> float:
+    """How many ``/attention-map`` requests the (one-worker) server has answered with ``status``."""
+    series = f'glimpse_requests_total{{method="POST",route="/attention-map",status="{status}"}}'
+    lines = httpx.get(f"{server.url}/metrics", timeout=60).text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(series))
+
+
 def test_a_client_that_stops_reading_its_answer_is_cut_off_and_frees_it(guarded: Server) -> None:
     """A big answer (a 1200×1200 noise image's map and overlay, about 6 MB) to a client that never reads:
     uvicorn waited on it for good, holding the answer; past GLIMPSE_BODY_TIMEOUT_S without the client
     reading, the connection is aborted."""
-    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
-    image = png_bytes(noise)
-    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
-    body = part + image + b"\r\n--b--\r\n"
-    request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
-    answered = 'glimpse_requests_total{method="POST",route="/attention-map",status="200"}'
-
-    def counted() -> float:
-        lines = httpx.get(f"{guarded.url}/metrics", timeout=60).text.splitlines()
-        return sum(float(line.split()[-1]) for line in lines if line.startswith(answered))
-
-    before = counted()
+    request = big_map_request()
+    before = map_answers(guarded, 200)
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(address(guarded))
         sock.sendall(request)
         # The answer is counted as it is handed to the transport, however long the map took to draw;
         # from then on the client reads nothing for well past the 2 s window and its sweeps.
-        wait_until(lambda: counted() == before + 1, timeout_s=120)
+        wait_until(lambda: map_answers(guarded, 200) == before + 1, timeout_s=120)
         time.sleep(3 * float(GUARDED["GLIMPSE_BODY_TIMEOUT_S"]))
         sock.settimeout(30)
         answer = b""
@@ -305,11 +310,7 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_and_frees_it(guarded:
 
 def test_a_client_that_reads_its_answer_slowly_gets_all_of_it(guarded: Server) -> None:
     """Reading at about 100 kB/s for three 2-s windows (the minimum is 1 KiB/s) is progress, not a stall."""
-    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
-    image = png_bytes(noise)
-    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
-    body = part + image + b"\r\n--b--\r\n"
-    request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
+    request = big_map_request()
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(address(guarded))
@@ -334,17 +335,8 @@ def test_a_client_that_reads_its_answer_slowly_gets_all_of_it(guarded: Server) -
 def test_the_work_of_a_client_that_closed_after_its_request_is_cancelled(guarded: Server) -> None:
     """The end of input after a whole request is a client gone (it cannot be told from a half-close):
     its map is not drawn for nobody, which under overload would add to the load instead of shedding it."""
-    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
-    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
-    body = part + png_bytes(noise) + b"\r\n--b--\r\n"
-    request = UPLOAD_HEAD.replace(b"/predict", b"/attention-map?overlay=true") % len(body) + body
-    gone = 'glimpse_requests_total{method="POST",route="/attention-map",status="499"}'
-
-    def counted() -> float:
-        lines = httpx.get(f"{guarded.url}/metrics", timeout=60).text.splitlines()
-        return sum(float(line.split()[-1]) for line in lines if line.startswith(gone))
-
-    before = counted()
+    request = big_map_request()
+    before = map_answers(guarded, 499)
     with socket.create_connection(address(guarded), timeout=60) as sock:
         sock.sendall(request)
-    wait_until(lambda: counted() == before + 1, timeout_s=60)
+    wait_until(lambda: map_answers(guarded, 499) == before + 1, timeout_s=60)
