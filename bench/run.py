@@ -141,6 +141,11 @@ def rss_mib(pid: int) -> float:
     return _sum_field(pid, "status", "VmRSS:")
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The highest resident memory each process of the tree has had (VmHWM), summed, in MiB."""
+    return _sum_field(pid, "status", "VmHWM:")
+
+
 def pss_mib(pid: int) -> float:
     """Proportional set size of a process and its children, in MiB: each shared page split among the
     processes that share it, so the sum is the memory the tree takes (forked workers share pages)."""

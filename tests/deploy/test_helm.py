@@ -187,7 +187,8 @@ def dockerfile_uid() -> int:
 
 # Measured resident memory of one worker (values.yaml, settings): after ready on CPU; after ready on a
 # GPU (16 GPU workers' proportional set size, docs/operations.md); and the peak per pixel in flight
-# (2048² attention maps with overlays, eight at a time).
+# (2048² attention maps with overlays, eight at a time: `python -m bench.peak_memory`, 293 and 824 MiB in
+# bench/results/20261205-022154-vm-peak-memory.json).
 WORKER_BASE_MIB = {"cpu": 300, "cuda": 830}
 BYTES_PER_INFLIGHT_PIXEL = 135
 QUANTITY_MIB = {"Mi": 1, "Gi": 1024}

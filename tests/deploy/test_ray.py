@@ -151,9 +151,11 @@ def test_rayservice_deploys_the_serve_config_with_the_pinned_ray() -> None:
 # Measured on a one-node Ray with the CPU config (the config's comment): a replica's resident memory
 # after ready and per pixel in flight at its peak, and the resident memory of the Ray processes every
 # worker node runs beside its replicas (raylet, dashboard agent, HAProxy and its manager, the proxy actor).
-REPLICA_BASE_MIB = 420
-BYTES_PER_INFLIGHT_PIXEL = 135  # as the Helm chart's test (130 measured for a replica)
-NODE_PROCESSES_MIB = 820
+# (`python -m bench.peak_memory --url … --pid … --other-pids …`: 409 MiB after ready, 1,044 MiB at the
+# peak of three rounds of 2048² maps, 814 MiB beside; bench/results/20261205-022937-vm-peak-memory.json).
+REPLICA_BASE_MIB = 410
+BYTES_PER_INFLIGHT_PIXEL = 160
+NODE_PROCESSES_MIB = 815
 GI = 2**30
 
 
