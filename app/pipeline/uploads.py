@@ -357,9 +357,10 @@ _LINE_BREAKS = str.maketrans("", "", " \t\r\n")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=\t\r\n ]")
 
 
-def decode_base64(text: str) -> bytes:
+def decode_base64(text: str | bytes) -> bytes:
     """Standard base64 (RFC 4648), also broken into lines as MIME, ``base64 FILE`` without ``-w0`` and
-    ``openssl base64`` write it.
+    ``openssl base64`` write it; as text, or as the bytes a v2 JSON tensor holds (not copied to text
+    unless it needs the slower second look).
 
     Raises:
         ValueError: Not base64, worded to say where (the first character outside the alphabet) or why.
@@ -368,6 +369,8 @@ def decode_base64(text: str) -> bytes:
         return base64.b64decode(text, validate=True)  # the usual case, at C speed
     except (binascii.Error, ValueError):
         pass
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
     try:
         return base64.b64decode(text.translate(_LINE_BREAKS), validate=True)
     except (binascii.Error, ValueError) as exc:

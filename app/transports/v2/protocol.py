@@ -191,7 +191,7 @@ def _images(tensor: InputTensor, limits: Limits) -> list[bytes]:
     images = []
     for index, element in enumerate(tensor.data):
         try:
-            images.append(decode_base64(element.decode("latin-1")))
+            images.append(decode_base64(element))
         except ValueError as exc:
             raise InvalidRequest(
                 f"image {index}: a BYTES element in JSON must be the image encoded as base64 "
