@@ -7,6 +7,7 @@ a misspelt name or label there is a dashboard that stays empty or an alert that 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -33,10 +34,12 @@ _MATCHER = re.compile(r'([a-z_]+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 _TABLE_ROW = re.compile(r"^\| `(glimpse_[a-z_]+)(\{[^}]*\})?` \| ([a-z]+) \|", re.MULTILINE)
 
 
+@functools.cache
 def families() -> dict[str, Metric]:
     return {family.name: family for family in Metrics().registry.collect()}
 
 
+@functools.cache
 def label_names() -> dict[str, frozenset[str]]:
     """Family → its label names, from a registry whose every labelled metric has seen one series."""
     metrics = Metrics()
