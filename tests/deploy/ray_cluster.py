@@ -173,9 +173,8 @@ def two_node_cluster(
     """A head and a worker node, each with ``cpus_per_node`` CPUs and ``pod_env`` in its environment."""
     gcs_address = f"{HEAD_IP}:{free_port()}"
     dashboard_port = free_port()
-    env = cluster_env(
-        temp_dir, pod_env
-    )  # one environment for both nodes: the same Serve flags and side ports
+    # One environment for both nodes: the same Serve flags and side ports.
+    env = cluster_env(temp_dir, pod_env)
     with ExitStack() as stack:
         head = start_node(
             [

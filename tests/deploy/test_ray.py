@@ -50,6 +50,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return document
 
 
+def config_env(path: Path = SERVE_CONFIGS[0]) -> dict[str, str]:
+    """The environment a Serve config gives its replicas (``runtime_env.env_vars``)."""
+    env: dict[str, str] = load_yaml(path)["applications"][0]["runtime_env"]["env_vars"]
+    return env
+
+
 # --- The configuration files -------------------------------------------------------------------------
 
 
@@ -184,12 +190,11 @@ def test_worker_pods_hold_their_replicas_at_their_peak() -> None:
     ray_memory = pod_bytes * (1 - ray_constants.DEFAULT_OBJECT_STORE_MEMORY_PROPORTION)
     assert ray_memory >= replicas * options["memory"]  # Ray's memory resource takes them all
     # The GPU variant bounds its replicas the same way.
-    (gpu_application,) = load_yaml(SERVE_CONFIGS[1])["applications"]
-    gpu_env = gpu_application["runtime_env"]["env_vars"]
-    assert {key: gpu_env[key] for key in env if key.startswith("GLIMPSE_MAX_")} == {
-        key: env[key] for key in env if key.startswith("GLIMPSE_MAX_")
-    }
-    assert gpu_application["deployments"][0]["ray_actor_options"]["memory"] >= peak_bytes
+    pixel_limits = {name: value for name, value in env.items() if name.startswith("GLIMPSE_MAX_")}
+    gpu_env = config_env(SERVE_CONFIGS[1])
+    assert {name: gpu_env.get(name) for name in pixel_limits} == pixel_limits
+    (gpu_deployment,) = load_yaml(SERVE_CONFIGS[1])["applications"][0]["deployments"]
+    assert gpu_deployment["ray_actor_options"]["memory"] >= peak_bytes
 
 
 # --- Replica settings --------------------------------------------------------------------------------
@@ -389,8 +394,8 @@ async def standalone_answers(
     """The in-process service's answers (``create_app`` with the Serve config's settings and the nodes'
     key): to the plan's keys, and to ``probes``."""
     answers, responses = {}, {}
-    env = load_yaml(SERVE_CONFIGS[0])["applications"][0]["runtime_env"]["env_vars"]
-    configured = {name.removeprefix("GLIMPSE_").lower(): value for name, value in env.items()}
+    env = config_env()
+    configured: dict[str, Any] = {name.removeprefix("GLIMPSE_").lower(): env[name] for name in env}
     settings = Settings(_env_file=None, api_keys=[API_KEY], **configured)
     client: AsyncIterator[httpx.AsyncClient] = started_client(settings)
     async for http in client:
