@@ -45,13 +45,7 @@ from app.pipeline.answers import Domain
 from app.pipeline.auth import check_api_key
 from app.pipeline.imaging import DecodedImage, convert_image, open_image
 from app.pipeline.query import Operation, Query, parse_query
-from app.pipeline.uploads import (
-    check_content_encoding,
-    check_declared_length,
-    media_type,
-    parse_upload,
-    read_body,
-)
+from app.pipeline.uploads import media_type, parse_upload, read_upload
 from app.runtime.metrics import Metrics
 from models.checkpoint import ModelCard
 from models.domain import DomainScorer
@@ -158,9 +152,7 @@ class Pipeline:
                 f"unsupported content type {shown!r}: send multipart/form-data with a 'file' part or "
                 "application/json with 'image' or 'images'"
             )
-        check_content_encoding(headers.get(b"content-encoding"))
-        check_declared_length(headers.get(b"content-length"), self.limits.max_body_bytes)
-        body = await read_body(receive, self.limits.max_body_bytes)
+        body = await read_upload(headers, receive, self.limits.max_body_bytes)
         max_images = self.limits.max_images_per_request
         if len(body) <= INLINE_MAX_BODY_BYTES:
             upload = parse_upload(body, content_type, max_images)

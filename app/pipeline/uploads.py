@@ -31,6 +31,8 @@ from app.errors import (
 from app.pipeline.query import quote
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from python_multipart.multipart import MultipartCallbacks
 
 NO_IMAGE = "no image in the request: send a multipart part named 'file' or JSON {'image': ...}"
@@ -64,6 +66,14 @@ def check_content_encoding(encoding: bytes | None) -> None:
     if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
         shown = quote(encoding.decode("latin-1"))
         raise UnsupportedMediaType(f"Content-Encoding {shown} is not supported: send the body uncompressed")
+
+
+async def read_upload(headers: Mapping[bytes, bytes], receive: Receive, max_body_bytes: int) -> bytes:
+    """A request's whole body, as every transport reads one: refused before any of it is read when its
+    headers say it is compressed or too large, and as it arrives past ``max_body_bytes``."""
+    check_content_encoding(headers.get(b"content-encoding"))
+    check_declared_length(headers.get(b"content-length"), max_body_bytes)
+    return await read_body(receive, max_body_bytes)
 
 
 async def read_body(receive: Receive, max_body_bytes: int) -> bytes:

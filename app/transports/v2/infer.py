@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope
 
 from app.errors import GlimpseError
 from app.pipeline.core import Pipeline, Reply
-from app.pipeline.uploads import check_content_encoding, check_declared_length, read_body
+from app.pipeline.uploads import read_upload
 from app.transports.v2.codec import HEADER_LENGTH, error_body, header_length, parse_infer_request
 from app.transports.v2.protocol import Limits, V2Query, check_heatmap_sizes, encode_answers, read_query
 from models.checkpoint import ModelCard
@@ -89,9 +89,7 @@ async def infer(
     check_model(pipeline.card, name, version)
     limits = pipeline.limits
     by_name = dict(headers)
-    check_content_encoding(by_name.get(b"content-encoding"))
-    check_declared_length(by_name.get(b"content-length"), limits.max_body_bytes)
-    body = await read_body(receive, limits.max_body_bytes)
+    body = await read_upload(by_name, receive, limits.max_body_bytes)
     declared = by_name.get(HEADER_LENGTH.encode())
     length = header_length(None if declared is None else declared.decode("latin-1"), len(body))
     numbers = Limits(limits.max_images_per_request, limits.max_image_pixels, limits.min_image_size)
